@@ -1,0 +1,687 @@
+"""RMT: Retentive Networks Meet Vision Transformers (Fan et al., CVPR 2024), as timm models.
+
+A four-stage hierarchical encoder (strides 4/8/16/32) whose blocks mix tokens with Manhattan
+self-attention (see :mod:`segret_zoo.models.retention`). Tokens stay channels-last
+(``B x H x W x C``) inside the stages; every public output is NCHW.
+
+Registered with timm on ``import segret_zoo``: ``rmt_t``, ``rmt_s``, ``rmt_b``, ``rmt_l``.
+``checkpoint_filter_fn`` converts the official checkpoints (classification ``.pth`` and the
+mmsegmentation backbone) into this layout losslessly.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, register_notrace_function
+from timm.models._features import feature_take_indices
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from segret_zoo.models.retention import ManhattanSelfAttention, head_decays, retention_positions
+
+__all__ = ["RMT", "RMT_CONFIGS", "checkpoint_filter_fn", "remap_official_state_dict", "infer_rmt_variant"]
+
+# Hub organisation that holds the converted weights; override to use your own mirror.
+HF_ORG = os.environ.get("SEGRET_ZOO_HF_ORG", "segret-zoo")
+
+# DESIGN.md §1.1. `decomposed`: per stage, row/column retention (official "chunkwise_recurrent").
+RMT_CONFIGS: Dict[str, Dict[str, Any]] = {
+    "rmt_t": dict(
+        embed_dims=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(4, 4, 8, 16),
+        heads_ranges=(4, 4, 6, 6), mlp_ratios=(3, 3, 3, 3), decomposed=(True, True, False, False),
+        layer_scale=(False, False, False, False)),
+    "rmt_s": dict(
+        embed_dims=(64, 128, 256, 512), depths=(3, 4, 18, 4), num_heads=(4, 4, 8, 16),
+        heads_ranges=(4, 4, 6, 6), mlp_ratios=(4, 4, 3, 3), decomposed=(True, True, True, False),
+        layer_scale=(False, False, False, False)),
+    "rmt_b": dict(
+        embed_dims=(80, 160, 320, 512), depths=(4, 8, 25, 8), num_heads=(5, 5, 10, 16),
+        heads_ranges=(5, 5, 6, 6), mlp_ratios=(4, 4, 3, 3), decomposed=(True, True, True, False),
+        layer_scale=(False, False, True, True)),
+    "rmt_l": dict(
+        embed_dims=(112, 224, 448, 640), depths=(4, 8, 25, 8), num_heads=(7, 7, 14, 20),
+        heads_ranges=(6, 6, 6, 6), mlp_ratios=(4, 4, 3, 3), decomposed=(True, True, True, False),
+        layer_scale=(False, False, True, True)),
+}
+# drop-path rates of the official ImageNet training (the paper's recipe), for users who re-train
+IMAGENET_DROP_PATH = {"rmt_t": 0.1, "rmt_s": 0.15, "rmt_b": 0.4, "rmt_l": 0.5}
+
+
+@register_notrace_function
+def _check_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Reject inputs the stem cannot take with a message naming expected and received shapes."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"RMT expects a 4-D image batch B x {in_chans} x H x W, got a {x.dim()}-D tensor of shape "
+            f"{list(x.shape)}; add a batch dimension with x.unsqueeze(0)")
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"RMT expects {in_chans} input channels (B x {in_chans} x H x W), got shape {list(x.shape)}; "
+            f"convert the image to RGB or build the model with in_chans={x.shape[1]}")
+    return x
+
+
+class Stem(nn.Module):
+    """Four 3x3 convs (two with stride 2) with BatchNorm and GELU: image -> stride-4 tokens (NHWC)."""
+
+    def __init__(self, in_chans: int, dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.in_chans = in_chans
+        self.conv1 = nn.Conv2d(in_chans, dim // 2, 3, 2, 1, **dd)
+        self.bn1 = nn.BatchNorm2d(dim // 2, **dd)
+        self.conv2 = nn.Conv2d(dim // 2, dim // 2, 3, 1, 1, **dd)
+        self.bn2 = nn.BatchNorm2d(dim // 2, **dd)
+        self.conv3 = nn.Conv2d(dim // 2, dim, 3, 2, 1, **dd)
+        self.bn3 = nn.BatchNorm2d(dim, **dd)
+        self.conv4 = nn.Conv2d(dim, dim, 3, 1, 1, **dd)
+        self.bn4 = nn.BatchNorm2d(dim, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _check_input(x, self.in_chans)
+        x = F.gelu(self.bn1(self.conv1(x)))
+        x = F.gelu(self.bn2(self.conv2(x)))
+        x = F.gelu(self.bn3(self.conv3(x)))
+        x = self.bn4(self.conv4(x))
+        return x.permute(0, 2, 3, 1)
+
+
+class Downsample(nn.Module):
+    """3x3 stride-2 conv + BatchNorm between stages (NHWC in and out; odd sizes round up)."""
+
+    def __init__(self, in_dim: int, out_dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.conv = nn.Conv2d(in_dim, out_dim, 3, 2, 1, **dd)
+        self.norm = nn.BatchNorm2d(out_dim, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+
+def _dwconv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Depthwise conv on channels-last tokens: the permutes are views (channels_last strides)."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class ConvFFN(nn.Module):
+    """fc1 -> GELU -> (+ depthwise 3x3 conv) -> fc2."""
+
+    def __init__(self, dim: int, hidden_dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.fc1 = nn.Linear(dim, hidden_dim, **dd)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, 1, 1, groups=hidden_dim, **dd)
+        self.fc2 = nn.Linear(hidden_dim, dim, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.fc1(x))
+        x = x + _dwconv_nhwc(self.dwconv, x)
+        return self.fc2(x)
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scale ``gamma`` (only on the layer-scale stages of rmt_b / rmt_l)."""
+
+    def __init__(self, dim: int, init_value: float, device=None, dtype=None) -> None:
+        super().__init__()
+        self.init_value = init_value
+        self.gamma = nn.Parameter(torch.full((dim,), init_value, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class RetBlock(nn.Module):
+    """``x += dwconv(x)``; ``x += drop_path(ls1(MaSA(LN(x))))``; ``x += drop_path(ls2(FFN(LN(x))))``."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            mlp_ratio: float,
+            decomposed: bool,
+            drop_path: float = 0.0,
+            layer_scale_init: Optional[float] = None,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.cpe = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim, **dd)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.attn = ManhattanSelfAttention(dim, num_heads, decomposed, **dd)
+        self.ls1 = LayerScale(dim, layer_scale_init, **dd) if layer_scale_init is not None else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.mlp = ConvFFN(dim, int(dim * mlp_ratio), **dd)
+        self.ls2 = LayerScale(dim, layer_scale_init, **dd) if layer_scale_init is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(
+            self,
+            x: torch.Tensor,
+            sin: torch.Tensor,
+            cos: torch.Tensor,
+            bias_a: torch.Tensor,
+            bias_b: torch.Tensor,
+    ) -> torch.Tensor:
+        x = x + _dwconv_nhwc(self.cpe, x)
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), sin, cos, bias_a, bias_b)))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        return x
+
+
+class RMTStage(nn.Module):
+    """Optional downsample, then retention blocks sharing one set of position tables."""
+
+    def __init__(
+            self,
+            in_dim: int,
+            dim: int,
+            depth: int,
+            num_heads: int,
+            init_value: float,
+            heads_range: float,
+            mlp_ratio: float,
+            decomposed: bool,
+            drop_path: Sequence[float],
+            layer_scale_init: Optional[float],
+            downsample: bool,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.init_value = float(init_value)
+        self.heads_range = float(heads_range)
+        self.decomposed = decomposed
+        self.grad_checkpointing = False
+        self.downsample = Downsample(in_dim, dim, **dd) if downsample else nn.Identity()
+        self.blocks = nn.ModuleList([
+            RetBlock(dim, num_heads, mlp_ratio, decomposed, drop_path[i], layer_scale_init, **dd)
+            for i in range(depth)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        sin, cos, bias_a, bias_b = retention_positions(
+            x.shape[1], x.shape[2], self.num_heads, self.head_dim, self.init_value, self.heads_range,
+            self.decomposed, x.dtype, x.device)
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(block, x, sin, cos, bias_a, bias_b, use_reentrant=False)
+            else:
+                x = block(x, sin, cos, bias_a, bias_b)
+        return x
+
+
+class RMTHead(nn.Module):
+    """ImageNet head: Linear(C -> 1024), BatchNorm, Swish, global average pool, Linear(1024 -> classes).
+
+    ``reset(..., reset_other=True)`` drops the projection (used when pruning to an earlier stage,
+    whose width the projection no longer fits): the head is then pool + classifier.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            hidden_size: int,
+            num_classes: int,
+            global_pool: str = "avg",
+            drop_rate: float = 0.0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.in_features = in_features
+        self.num_features = hidden_size
+        self.proj: nn.Module = nn.Linear(in_features, hidden_size, **dd)
+        self.norm: nn.Module = nn.BatchNorm2d(hidden_size, **dd)
+        self.act: nn.Module = nn.SiLU()
+        self.global_pool = _check_pool(global_pool)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc: nn.Module = nn.Linear(hidden_size, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def reset(
+            self,
+            num_classes: int,
+            global_pool: Optional[str] = None,
+            reset_other: bool = False,
+            in_features: Optional[int] = None,
+            device=None,
+            dtype=None,
+    ) -> None:
+        dd = {"device": device, "dtype": dtype}
+        if global_pool is not None:
+            self.global_pool = _check_pool(global_pool)
+        if reset_other:
+            self.in_features = in_features if in_features is not None else self.in_features
+            self.proj, self.norm, self.act = nn.Identity(), nn.Identity(), nn.Identity()
+            self.num_features = self.in_features
+        self.fc = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.proj(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.act(self.norm(x))
+        if self.global_pool == "avg":
+            x = x.mean((2, 3))
+        x = self.drop(x)
+        if pre_logits:
+            return x
+        if x.dim() == 4:  # unpooled: classify every position
+            return self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(x)
+
+
+def _check_pool(global_pool: str) -> str:
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"RMT supports global_pool 'avg' or '' (no pooling), got {global_pool!r}")
+    return global_pool
+
+
+def _device_dtype(module: nn.Module) -> Dict[str, Any]:
+    param = next(module.parameters(), None)
+    return {"device": param.device if param is not None else None, "dtype": param.dtype if param is not None else None}
+
+
+class RMT(nn.Module):
+    """Vision RetNet encoder with the ImageNet head (timm model contract)."""
+
+    def __init__(
+            self,
+            embed_dims: Sequence[int] = (64, 128, 256, 512),
+            depths: Sequence[int] = (2, 2, 8, 2),
+            num_heads: Sequence[int] = (4, 4, 8, 16),
+            heads_ranges: Sequence[float] = (4, 4, 6, 6),
+            mlp_ratios: Sequence[float] = (3, 3, 3, 3),
+            decomposed: Sequence[bool] = (True, True, False, False),
+            layer_scale: Sequence[bool] = (False, False, False, False),
+            init_values: Sequence[float] = (2, 2, 2, 2),
+            layer_scale_init_value: float = 1e-6,
+            head_hidden_size: int = 1024,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "avg",
+            drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        num_stages = len(embed_dims)
+        for name, values in (("depths", depths), ("num_heads", num_heads), ("heads_ranges", heads_ranges),
+                             ("mlp_ratios", mlp_ratios), ("decomposed", decomposed),
+                             ("layer_scale", layer_scale), ("init_values", init_values)):
+            if len(values) != num_stages:
+                raise ValueError(f"{name} has {len(values)} entries, expected one per stage ({num_stages})")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.embed_dims = tuple(embed_dims)
+        self.drop_rate = drop_rate
+        self.num_features = embed_dims[-1]
+        self.head_hidden_size = head_hidden_size
+        self.grad_checkpointing = False
+
+        self.stem = Stem(in_chans, embed_dims[0], **dd)
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, self.feature_info, start = [], [], 0
+        for i in range(num_stages):
+            stages.append(RMTStage(
+                embed_dims[max(i - 1, 0)], embed_dims[i], depths[i], num_heads[i], init_values[i],
+                heads_ranges[i], mlp_ratios[i], bool(decomposed[i]), rates[start:start + depths[i]],
+                layer_scale_init_value if layer_scale[i] else None, downsample=i > 0, **dd))
+            start += depths[i]
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.head = RMTHead(embed_dims[-1], head_hidden_size, num_classes, global_pool, drop_rate, **dd)
+        if device is None or torch.device(device).type != "meta":
+            self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ----------------------------------------------------------------------------------- timm API
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {n for n, _ in self.named_parameters() if n.endswith(".gamma")}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool, reset_other=reset_other, in_features=self.num_features,
+                        **_device_dtype(self))
+        self.head_hidden_size = self.head.num_features
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (before the next stage's downsample), NCHW. RMT has no final norm: ``norm`` is a no-op."""
+        assert output_fmt in ("NCHW",), "Output shape must be NCHW."
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        x = self.stem(x)
+        if torch.jit.is_scripting() or not stop_early:
+            stages = self.stages
+        else:
+            stages = self.stages[:max_index + 1]
+        for feat_idx, stage in enumerate(stages):
+            x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(x.permute(0, 3, 1, 2))
+        if intermediates_only:
+            return intermediates
+        return x.permute(0, 3, 1, 2), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop stages after the last wanted tap (and the head); returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        self.stages = self.stages[:max_index + 1]
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "", reset_other=True)
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.stages(x)
+        return x.permute(0, 3, 1, 2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# --------------------------------------------------------------------------- official checkpoints
+_STEM_MAP = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3", "7": "bn3", "9": "conv4", "10": "bn4"}
+_BLOCK_MAP = {
+    "pos.conv.": "cpe.",
+    "retention_layer_norm.": "norm1.",
+    "retention.lepe.conv.": "attn.lepe.",
+    "retention.out_proj.": "attn.proj.",
+    "final_layer_norm.": "norm2.",
+    "ffn.fc1.": "mlp.fc1.",
+    "ffn.fc2.": "mlp.fc2.",
+    "ffn.dwconv.conv.": "mlp.dwconv.",
+    "gamma_1": "ls1.gamma",
+    "gamma_2": "ls2.gamma",
+}
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """The weights inside a checkpoint file: under ``model``/``model_ema``/``state_dict``, or bare;
+    a DistributedDataParallel ``module.`` prefix is removed."""
+    state = checkpoint
+    keys = ("model_ema", "model", "state_dict") if use_ema else ("model", "state_dict", "model_ema")
+    for key in keys:
+        if isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def is_official_layout(state_dict: Mapping[str, Any]) -> bool:
+    return any(k.startswith(("patch_embed.", "layers.", "backbone.patch_embed.", "backbone.layers."))
+               for k in state_dict)
+
+
+def remap_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Official RMT key layout -> this project's layout (lossless).
+
+    Accepts the classification checkpoint and the mmsegmentation backbone (``backbone.`` keys;
+    other entries such as ``decode_head.*`` are dropped). Separate q/k/v projections are
+    concatenated into ``attn.qkv``; ``gamma_*`` ``[1,1,1,C]`` become ``ls*.gamma`` ``[C]``;
+    ``extra_norms.i`` become ``feature_norms.i`` (used by SegRet); ``Relpos.*`` are dropped
+    (derived from the config; see :func:`check_relpos`).
+    """
+    if any(k.startswith("backbone.") for k in state_dict):
+        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    out: Dict[str, torch.Tensor] = {}
+    qkv: Dict[str, Dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if key.startswith("patch_embed.proj."):
+            out[f"stem.{_STEM_MAP[parts[2]]}.{parts[3]}"] = value
+        elif parts[0] == "layers" and parts[2] == "Relpos":
+            continue
+        elif parts[0] == "layers" and parts[2] == "downsample":
+            dst = {"reduction": "conv", "norm": "norm"}[parts[3]]
+            out[f"stages.{int(parts[1]) + 1}.downsample.{dst}.{parts[4]}"] = value
+        elif parts[0] == "layers" and parts[2] == "blocks":
+            prefix = f"stages.{parts[1]}.blocks.{parts[3]}."
+            rest = ".".join(parts[4:])
+            if rest.startswith("retention.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                qkv.setdefault(prefix + parts[-1], {})[rest.split(".")[1][0]] = value
+                continue
+            for src, dst in _BLOCK_MAP.items():
+                if rest.startswith(src):
+                    rest = dst + rest[len(src):]
+                    if dst.endswith("gamma"):
+                        value = value.reshape(-1)
+                    break
+            else:
+                raise KeyError(f"unexpected key in an official RMT checkpoint: {key}")
+            out[prefix + rest] = value
+        elif parts[0] == "extra_norms":
+            out[f"feature_norms.{parts[1]}.{parts[2]}"] = value
+        elif parts[0] in ("proj", "norm"):
+            out[f"head.{key}"] = value
+        elif parts[0] == "head":
+            out[f"head.fc.{parts[1]}"] = value
+        else:
+            raise KeyError(f"unexpected key in an official RMT checkpoint: {key}")
+    for name, qkv_parts in qkv.items():
+        block, kind = name.rsplit(".", 1)
+        out[f"{block}.attn.qkv.{kind}"] = torch.cat([qkv_parts["q"], qkv_parts["k"], qkv_parts["v"]], 0)
+    return out
+
+
+def check_relpos(state_dict: Mapping[str, torch.Tensor], model: RMT) -> None:
+    """Official checkpoints store each stage's decay; it must equal what this model derives from its config."""
+    if any(k.startswith("backbone.") for k in state_dict):
+        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items()}
+    for i, stage in enumerate(model.stages):
+        stored = state_dict.get(f"layers.{i}.Relpos.decay")
+        if stored is None:
+            continue
+        derived = head_decays(stage.num_heads, stage.init_value, stage.heads_range, stored.device)
+        if stored.shape != derived.shape or not torch.allclose(stored.float(), derived, atol=1e-6):
+            raise ValueError(
+                f"stage {i} decay in the checkpoint ({stored.tolist()}) differs from the model's "
+                f"({derived.tolist()}): the checkpoint was trained with other init_value/heads_range settings")
+
+
+def infer_rmt_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Name the RMT variant a (converted) state dict belongs to, from its widths and depths."""
+    dims = []
+    depths = []
+    for i in range(8):
+        w = state_dict.get(f"stages.{i}.blocks.0.norm1.weight")
+        if w is None:
+            break
+        dims.append(int(w.shape[0]))
+        depths.append(len({k.split(".")[3] for k in state_dict if k.startswith(f"stages.{i}.blocks.")}))
+    for name, cfg in RMT_CONFIGS.items():
+        if tuple(cfg["embed_dims"]) == tuple(dims) and tuple(cfg["depths"]) == tuple(depths):
+            return name
+    return f"an RMT with embed_dims={tuple(dims)} depths={tuple(depths)}"
+
+
+def describe_model(model: nn.Module) -> str:
+    dims = tuple(s.blocks[0].norm1.normalized_shape[0] for s in model.stages)
+    depths = tuple(len(s.blocks) for s in model.stages)
+    for name, cfg in RMT_CONFIGS.items():
+        if tuple(cfg["embed_dims"]) == dims and tuple(cfg["depths"]) == depths:
+            return name
+    return f"an RMT with embed_dims={dims} depths={depths}"
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: RMT) -> Dict[str, torch.Tensor]:
+    """Map any supported checkpoint to ``model``'s layout and check it fits (timm's pretrained filter).
+
+    Accepts the official classification checkpoint (dict under ``model``/``model_ema``, bare, under
+    ``state_dict``, ``module.``-prefixed), the official segmentation backbone (``backbone.`` keys)
+    and this project's layout. A checkpoint of another variant raises a ``ValueError`` naming both.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    if is_official_layout(state_dict):
+        check_relpos(state_dict, model)
+        state_dict = remap_official_state_dict(state_dict)
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("feature_norms.")}
+    own = model.state_dict()
+    received, expected = infer_rmt_variant(state_dict), describe_model(model)
+    for key, value in state_dict.items():
+        if key.startswith("head.") and key not in own:
+            continue  # head absent or pruned (e.g. num_classes=0 / segmentation backbone)
+        if key not in own:
+            raise ValueError(f"checkpoint key {key!r} does not exist in {expected}; the checkpoint is {received}")
+        if own[key].shape != value.shape and not key.startswith("head.fc."):
+            raise ValueError(
+                f"checkpoint is for {received} but the model is {expected}: {key} has shape "
+                f"{list(value.shape)} in the checkpoint, {list(own[key].shape)} in the model")
+    if not any(k.startswith("head.") for k in state_dict):
+        # backbone-only checkpoint: keep the model's own (randomly initialised) head
+        state_dict.update({k: v for k, v in own.items() if k.startswith("head.")})
+    return {k: v for k, v in state_dict.items() if k in own}
+
+
+# ----------------------------------------------------------------------------------- creation
+_PUBLISHED_TAGS: set = set()  # no RMT weights are published on the Hub yet (see weights/README.md)
+
+
+def _missing_weights_message(variant: str, repo_id: str, filename: str) -> str:
+    return (
+        f"no pretrained weights are available for {variant}: the converted ImageNet checkpoint "
+        f"{repo_id}/{filename} is not published on the Hugging Face Hub and is not in the local cache. "
+        f"Download the official RMT checkpoint (github.com/qhfan/RMT, e.g. RMT-T.pth), convert it with "
+        f"`segret-zoo convert-rmt RMT-T.pth ./{variant}` and pass "
+        f"pretrained_cfg_overlay=dict(file='./{variant}/model.safetensors') (or the .pth itself)")
+
+
+def _create_rmt(variant: str, pretrained: bool = False, **kwargs: Any) -> RMT:
+    if pretrained:
+        _ensure_weights_reachable(variant, kwargs)
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        RMT, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _ensure_weights_reachable(variant: str, kwargs: Dict[str, Any]) -> None:
+    """Fail fast with a clear message instead of a Hub download error for unpublished weights."""
+    from timm.models import get_pretrained_cfg
+
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if overlay.get("file") or overlay.get("state_dict") or overlay.get("url"):
+        return
+    cfg = get_pretrained_cfg(kwargs.get("pretrained_cfg") or f"{variant}.in1k")
+    repo_id, filename = cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"
+    if repo_id in _PUBLISHED_TAGS or os.environ.get("SEGRET_ZOO_HF_ORG"):
+        return  # a mirror the user named: let timm download (or fail) normally
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, filename)
+    if not isinstance(cached, str):
+        raise RuntimeError(_missing_weights_message(variant, repo_id, filename))
+
+
+def _cfg(variant: str, **kwargs: Any) -> Dict[str, Any]:
+    return {
+        "url": "",
+        "hf_hub_id": f"{HF_ORG}/{variant}.in1k",
+        "hf_hub_filename": "model.safetensors",
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.9, "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.conv1", "classifier": "head.fc",
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2309.11523",
+        "paper_name": "RMT: Retentive Networks Meet Vision Transformers",
+        "origin_url": "https://github.com/qhfan/RMT",
+        "notes": (
+            "ImageNet-1k weights converted from the official RMT release. NOT PUBLISHED on the Hub yet: "
+            "convert the official checkpoint with `segret-zoo convert-rmt` and load it with "
+            "pretrained_cfg_overlay=dict(file=...)",
+        ),
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "rmt_t.in1k": _cfg("rmt_t"),
+    "rmt_s.in1k": _cfg("rmt_s"),
+    "rmt_b.in1k": _cfg("rmt_b"),
+    "rmt_l.in1k": _cfg("rmt_l"),
+})
+
+
+@register_model
+def rmt_t(pretrained: bool = False, **kwargs: Any) -> RMT:
+    """RMT-T: 12.8M-parameter backbone (14.3M with the ImageNet head)."""
+    return _create_rmt("rmt_t", pretrained=pretrained, **dict(RMT_CONFIGS["rmt_t"], **kwargs))
+
+
+@register_model
+def rmt_s(pretrained: bool = False, **kwargs: Any) -> RMT:
+    """RMT-S: 25.4M-parameter backbone."""
+    return _create_rmt("rmt_s", pretrained=pretrained, **dict(RMT_CONFIGS["rmt_s"], **kwargs))
+
+
+@register_model
+def rmt_b(pretrained: bool = False, **kwargs: Any) -> RMT:
+    """RMT-B: 52.6M-parameter backbone, layer scale in stages 3-4."""
+    return _create_rmt("rmt_b", pretrained=pretrained, **dict(RMT_CONFIGS["rmt_b"], **kwargs))
+
+
+@register_model
+def rmt_l(pretrained: bool = False, **kwargs: Any) -> RMT:
+    """RMT-L: 93.8M-parameter backbone, layer scale in stages 3-4."""
+    return _create_rmt("rmt_l", pretrained=pretrained, **dict(RMT_CONFIGS["rmt_l"], **kwargs))
