@@ -10,23 +10,19 @@ mmsegmentation backbone) into this layout losslessly.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, register_notrace_function
-from timm.models._features import feature_take_indices
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import FeatureGetterNet, feature_take_indices
 from torch import nn
 
 from segret_zoo.models.retention import ManhattanSelfAttention, head_decays, retention_positions
 
 __all__ = ["RMT", "RMT_CONFIGS", "checkpoint_filter_fn", "remap_official_state_dict", "infer_rmt_variant"]
-
-# Hub organisation that holds the converted weights; override to use your own mirror.
-HF_ORG = os.environ.get("SEGRET_ZOO_HF_ORG", "segret-zoo")
 
 # DESIGN.md §1.1. `decomposed`: per stage, row/column retention (official "chunkwise_recurrent").
 RMT_CONFIGS: Dict[str, Dict[str, Any]] = {
@@ -52,7 +48,7 @@ IMAGENET_DROP_PATH = {"rmt_t": 0.1, "rmt_s": 0.15, "rmt_b": 0.4, "rmt_l": 0.5}
 
 
 @register_notrace_function
-def _check_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+def check_image_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:
     """Reject inputs the stem cannot take with a message naming expected and received shapes."""
     if x.dim() != 4:
         raise ValueError(
@@ -82,7 +78,7 @@ class Stem(nn.Module):
         self.bn4 = nn.BatchNorm2d(dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_input(x, self.in_chans)
+        x = check_image_batch(x, self.in_chans)
         x = F.gelu(self.bn1(self.conv1(x)))
         x = F.gelu(self.bn2(self.conv2(x)))
         x = F.gelu(self.bn3(self.conv3(x)))
@@ -103,11 +99,6 @@ class Downsample(nn.Module):
         return self.norm(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
 
 
-def _dwconv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Depthwise conv on channels-last tokens: the permutes are views (channels_last strides)."""
-    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-
 class ConvFFN(nn.Module):
     """fc1 -> GELU -> (+ depthwise 3x3 conv) -> fc2."""
 
@@ -120,7 +111,7 @@ class ConvFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.gelu(self.fc1(x))
-        x = x + _dwconv_nhwc(self.dwconv, x)
+        x = x + self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # permutes are views
         return self.fc2(x)
 
 
@@ -169,7 +160,7 @@ class RetBlock(nn.Module):
             bias_a: torch.Tensor,
             bias_b: torch.Tensor,
     ) -> torch.Tensor:
-        x = x + _dwconv_nhwc(self.cpe, x)
+        x = x + self.cpe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), sin, cos, bias_a, bias_b)))
         x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x
@@ -275,7 +266,7 @@ class RMTHead(nn.Module):
         x = self.drop(x)
         if pre_logits:
             return x
-        if x.dim() == 4:  # unpooled: classify every position
+        if self.global_pool == "":  # unpooled: classify every position
             return self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.fc(x)
 
@@ -591,52 +582,49 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: RMT) -> Dict[str,
 
 
 # ----------------------------------------------------------------------------------- creation
-_PUBLISHED_TAGS: set = set()  # no RMT weights are published on the Hub yet (see weights/README.md)
+class RMTFeatures(FeatureGetterNet):
+    """``features_only=True`` wrapper: stage outputs via ``forward_intermediates``, and gradient
+    checkpointing switchable on the wrapper as detection/segmentation pipelines expect."""
 
-
-def _missing_weights_message(variant: str, repo_id: str, filename: str) -> str:
-    return (
-        f"no pretrained weights are available for {variant}: the converted ImageNet checkpoint "
-        f"{repo_id}/{filename} is not published on the Hugging Face Hub and is not in the local cache. "
-        f"Download the official RMT checkpoint (github.com/qhfan/RMT, e.g. RMT-T.pth), convert it with "
-        f"`segret-zoo convert-rmt RMT-T.pth ./{variant}` and pass "
-        f"pretrained_cfg_overlay=dict(file='./{variant}/model.safetensors') (or the .pth itself)")
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
 
 
 def _create_rmt(variant: str, pretrained: bool = False, **kwargs: Any) -> RMT:
     if pretrained:
-        _ensure_weights_reachable(variant, kwargs)
+        _fetch_pretrained(variant, kwargs)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(
         RMT, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls="getter", out_indices=out_indices),
+        feature_cfg=dict(feature_cls=RMTFeatures, out_indices=out_indices),
         **kwargs,
     )
 
 
-def _ensure_weights_reachable(variant: str, kwargs: Dict[str, Any]) -> None:
-    """Fail fast with a clear message instead of a Hub download error for unpublished weights."""
+def _fetch_pretrained(variant: str, kwargs: Dict[str, Any]) -> None:
+    """Resolve the Hub weights through the zoo's downloader (fails within seconds offline, checks the
+    manifest's sha256) and hand timm the local file, unless the caller already gave one."""
     from timm.models import get_pretrained_cfg
 
-    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    from segret_zoo.hub.io import hub_download
+    from segret_zoo.hub.manifest import hf_org
+
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     if overlay.get("file") or overlay.get("state_dict") or overlay.get("url"):
         return
     cfg = get_pretrained_cfg(kwargs.get("pretrained_cfg") or f"{variant}.in1k")
-    repo_id, filename = cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors"
-    if repo_id in _PUBLISHED_TAGS or os.environ.get("SEGRET_ZOO_HF_ORG"):
-        return  # a mirror the user named: let timm download (or fail) normally
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(repo_id, filename)
-    if not isinstance(cached, str):
-        raise RuntimeError(_missing_weights_message(variant, repo_id, filename))
+    # the org is read now, so SEGRET_ZOO_HF_ORG set after import still points at a mirror
+    repo_id = f"{hf_org()}/{cfg.hf_hub_id.split('/', 1)[1]}"
+    overlay["file"] = str(hub_download(repo_id, cfg.hf_hub_filename or "model.safetensors"))
+    kwargs["pretrained_cfg_overlay"] = overlay
 
 
 def _cfg(variant: str, **kwargs: Any) -> Dict[str, Any]:
     return {
         "url": "",
-        "hf_hub_id": f"{HF_ORG}/{variant}.in1k",
+        "hf_hub_id": f"segret-zoo/{variant}.in1k",  # org: SEGRET_ZOO_HF_ORG at load time
         "hf_hub_filename": "model.safetensors",
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.9, "interpolation": "bicubic",

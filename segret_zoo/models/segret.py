@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from segret_zoo.hub.io import read_state_dict
+from segret_zoo.hub.manifest import hf_org
 from segret_zoo.hub.mixin import HubMixin
 from segret_zoo.models.decoder import ZIRDecoder
 from segret_zoo.models.rmt import (
@@ -54,11 +56,6 @@ PAPER_RESULTS: Dict[Tuple[str, str], Tuple[float, float]] = {
     ("segret_large", "ade20k"): (52.0, 52.23), ("segret_large", "cityscapes"): (83.36, 83.91),
     ("segret_large", "cocostuff"): (45.78, 46.63),
 }
-
-
-def hf_org() -> str:
-    """Hub organisation of the zoo's checkpoints (``SEGRET_ZOO_HF_ORG``, default ``segret-zoo``)."""
-    return os.environ.get("SEGRET_ZOO_HF_ORG", "segret-zoo")
 
 
 def default_pretrained_cfg(
@@ -149,6 +146,7 @@ class SegRet(HubMixin, nn.Module):
         cfg.update(pretrained_cfg or {})
         cfg["num_classes"], cfg["id2label"] = num_classes, self.id2label
         self.pretrained_cfg = cfg
+        self.train()  # applies the backbone BatchNorm freeze from the start
 
     @staticmethod
     def _check_labels(id2label: Optional[Mapping[Any, str]], num_classes: int) -> Dict[int, str]:
@@ -234,6 +232,9 @@ class SegRet(HubMixin, nn.Module):
         self.id2label = self._check_labels(id2label, num_classes)
         self.pretrained_cfg.update(num_classes=num_classes, id2label=self.id2label)
 
+    def get_classifier(self) -> nn.Module:
+        return self.decoder.classifier
+
     def no_weight_decay(self) -> set:
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
@@ -246,7 +247,7 @@ class SegRet(HubMixin, nn.Module):
         of the loaded modules' keys that the checkpoint did not provide (e.g. ``feature_norms``
         for an ImageNet checkpoint).
         """
-        state = load_state_dict_file(source) if not isinstance(source, Mapping) else source
+        state = read_state_dict(source) if not isinstance(source, Mapping) else source
         state = unwrap_state_dict(state)
         if any(k.startswith("encoder.") for k in state):  # a SegRet checkpoint
             state = {k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in state.items()
@@ -275,25 +276,3 @@ class SegRet(HubMixin, nn.Module):
             missing += [f"feature_norms.{k}" for k in self.feature_norms.state_dict()]
         return missing
 
-
-def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` or a ``.pth``/``.pt`` (``torch.load(weights_only=True)``) checkpoint."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError) as err:
-            raise ValueError(
-                f"{path} is not a valid safetensors file (truncated or corrupted: {err}); "
-                f"download or convert it again") from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle / zip errors: name the file and the likely cause
-        raise ValueError(
-            f"could not read {path} as a PyTorch checkpoint with weights_only=True ({err}); "
-            f"is it a truncated download or not a checkpoint?") from err

@@ -1,0 +1,81 @@
+"""torch.hub entry points for segret-zoo.
+
+    model = torch.hub.load("<org>/segret-zoo", "segret_tiny", pretrained=True)           # from GitHub
+    model = torch.hub.load("/path/to/segret-zoo", "segret_tiny", source="local",
+                           pretrained=True, num_classes=19)                              # a checkout
+
+SegRet entry points take the arguments of :func:`segret_zoo.create_model`; RMT entry points those
+of ``timm.create_model``. Weights come from the Hugging Face Hub (safetensors only) or its local
+cache; see weights/README.md for what is published.
+"""
+from typing import Any
+
+dependencies = ["torch", "timm", "huggingface_hub", "safetensors"]
+
+
+def _segret(name: str, pretrained: Any, **kwargs: Any) -> Any:
+    from segret_zoo.factory import create_model
+
+    return create_model(name, pretrained=pretrained, **kwargs)
+
+
+def _rmt(name: str, pretrained: bool, **kwargs: Any) -> Any:
+    import timm
+
+    import segret_zoo  # noqa: F401  (registers rmt_* with timm)
+
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def segret_tiny(pretrained: Any = False, **kwargs: Any) -> Any:
+    """SegRet-Tiny: RMT-T encoder + ZIR decoder (C=256), 13.6M parameters with 150 classes.
+
+    ``pretrained``: False, True (ADE20K) or "ade20k" / "cityscapes" / "cocostuff"; other keyword
+    arguments (``num_classes``, ``pretrained_backbone``, ``checkpoint_path``, ...) as in
+    ``segret_zoo.create_model``.
+    """
+    return _segret("segret_tiny", pretrained, **kwargs)
+
+
+def segret_small(pretrained: Any = False, **kwargs: Any) -> Any:
+    """SegRet-Small: RMT-S encoder + ZIR decoder (C=256), 26.2M parameters with 150 classes.
+
+    Arguments as for :func:`segret_tiny`.
+    """
+    return _segret("segret_small", pretrained, **kwargs)
+
+
+def segret_base(pretrained: Any = False, **kwargs: Any) -> Any:
+    """SegRet-Base: RMT-B encoder + ZIR decoder (C=256), 53.5M parameters with 150 classes.
+
+    Arguments as for :func:`segret_tiny`.
+    """
+    return _segret("segret_base", pretrained, **kwargs)
+
+
+def segret_large(pretrained: Any = False, **kwargs: Any) -> Any:
+    """SegRet-Large: RMT-L encoder + ZIR decoder (C=512), 96.4M parameters with 150 classes.
+
+    Arguments as for :func:`segret_tiny`.
+    """
+    return _segret("segret_large", pretrained, **kwargs)
+
+
+def rmt_t(pretrained: bool = False, **kwargs: Any) -> Any:
+    """RMT-T ImageNet backbone (timm model; ``features_only=True`` for the four feature maps)."""
+    return _rmt("rmt_t", pretrained, **kwargs)
+
+
+def rmt_s(pretrained: bool = False, **kwargs: Any) -> Any:
+    """RMT-S ImageNet backbone (timm model; ``features_only=True`` for the four feature maps)."""
+    return _rmt("rmt_s", pretrained, **kwargs)
+
+
+def rmt_b(pretrained: bool = False, **kwargs: Any) -> Any:
+    """RMT-B ImageNet backbone (timm model; ``features_only=True`` for the four feature maps)."""
+    return _rmt("rmt_b", pretrained, **kwargs)
+
+
+def rmt_l(pretrained: bool = False, **kwargs: Any) -> Any:
+    """RMT-L ImageNet backbone (timm model; ``features_only=True`` for the four feature maps)."""
+    return _rmt("rmt_l", pretrained, **kwargs)

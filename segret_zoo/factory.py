@@ -1,0 +1,240 @@
+"""Create SegRet models by name, timm style: ``create_model("segret_tiny", pretrained="cityscapes")``.
+
+Names are ``segret_{tiny,small,base,large}``, optionally with a dataset tag
+(``segret_tiny.cityscapes``), or ``hf-hub:org/repo[@revision]`` for any folder written by
+``save_pretrained`` and uploaded. The variant and dataset tables live in
+:mod:`segret_zoo.models.segret`; weights are fetched through :mod:`segret_zoo.hub.io`, which only
+downloads safetensors, checks them against ``weights/manifest.json`` and fails fast offline.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+from segret_zoo.hub.io import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    hub_download,
+    load_checkpoint_into,
+    parse_hub_name,
+    read_config,
+    read_state_dict,
+    resolve_source,
+)
+
+__all__ = ["create_model", "list_models", "list_pretrained", "from_pretrained", "parse_model_name",
+           "segret_name_for_backbone", "infer_config_from_state_dict", "DEFAULT_TAG"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+DEFAULT_TAG = "ade20k"
+_HF_HUB = "hf-hub:"
+
+
+def _tables() -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+    from segret_zoo.models.segret import DATASET_DEFAULTS, SEGRET_VARIANTS
+
+    return SEGRET_VARIANTS, DATASET_DEFAULTS
+
+
+def list_models(filter: str = "", pretrained: bool = False) -> List[str]:  # noqa: A002 (timm's name)
+    """Registered SegRet names matching a wildcard ``filter`` (``"*tiny*"``); tagged names if ``pretrained``."""
+    names = list_pretrained() if pretrained else sorted(_tables()[0], key=_size_order)
+    return [n for n in names if not filter or fnmatch.fnmatch(n, filter)]
+
+
+def list_pretrained(filter: str = "") -> List[str]:  # noqa: A002
+    """Every ``variant.tag`` with a pretrained config (``segret_tiny.ade20k`` ...).
+
+    Which of them have published weights is recorded in ``weights/manifest.json`` (none yet).
+    """
+    variants, datasets = _tables()
+    names = [f"{v}.{t}" for v in sorted(variants, key=_size_order) for t in datasets]
+    return [n for n in names if not filter or fnmatch.fnmatch(n, filter)]
+
+
+def _size_order(name: str) -> int:
+    order = ("tiny", "small", "base", "large")
+    return next((i for i, s in enumerate(order) if name.endswith(s)), len(order))
+
+
+def segret_name_for_backbone(backbone: str) -> Optional[str]:
+    """``rmt_b`` -> ``segret_base`` (None for an unregistered backbone)."""
+    return next((n for n, v in _tables()[0].items() if v["backbone"] == backbone), None)
+
+
+def _unknown_model(name: str) -> ValueError:
+    known = list_models()
+    close = difflib.get_close_matches(name, known + list_pretrained(), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ValueError(f"unknown model {name!r}; available: {', '.join(known)} (optionally with a tag "
+                      f"such as '.cityscapes'), or 'hf-hub:org/repo'.{hint}")
+
+
+def parse_model_name(name: str, pretrained: Union[bool, str] = False) -> Tuple[str, Optional[str]]:
+    """(variant, tag) from a name and a ``pretrained`` value, each of which may carry the tag.
+
+    ``pretrained=True`` means the variant's default tag (ADE20K); a tag in both places must agree.
+    """
+    variants, datasets = _tables()
+    arch, _, name_tag = name.partition(".")
+    if arch not in variants:
+        raise _unknown_model(name)
+    pre_tag: Optional[str] = None
+    if isinstance(pretrained, str):
+        p_arch, dot, p_tag = pretrained.partition(".")
+        if dot:
+            if p_arch != arch:
+                raise ValueError(f"pretrained={pretrained!r} names another model than {name!r}")
+            pre_tag = p_tag
+        else:
+            pre_tag = pretrained
+    for tag in (name_tag, pre_tag):
+        if tag and tag not in datasets:
+            raise ValueError(f"unknown pretrained tag {tag!r} for {arch}; available: {', '.join(datasets)}")
+    if name_tag and pre_tag and name_tag != pre_tag:
+        raise ValueError(f"conflicting tags: {name!r} and pretrained={pretrained!r}")
+    tag = pre_tag or name_tag or None
+    if tag is None and pretrained is True:
+        tag = DEFAULT_TAG
+    return arch, tag
+
+
+def _labels_for(tag: Optional[str], num_classes: int) -> Optional[Dict[int, str]]:
+    """The dataset's class names when the model predicts exactly that dataset's classes."""
+    if not tag:
+        return None
+    from segret_zoo.data.classes import DATASET_CLASSES, id2label
+
+    return id2label(tag) if len(DATASET_CLASSES.get(tag, ())) == num_classes else None
+
+
+def _load_backbone(model: torch.nn.Module, pretrained_backbone: Union[bool, PathLike], *,
+                   revision: Optional[str], cache_dir: Optional[PathLike], token: Any) -> None:
+    """ImageNet RMT weights from the Hub (True) or a local RMT checkpoint in any supported layout."""
+    if pretrained_backbone is True:
+        backbone = getattr(model, "backbone", None)
+        if not isinstance(backbone, str):
+            raise ValueError("pretrained_backbone=True needs a registered backbone (rmt_t/s/b/l); this model has "
+                             "a custom one: pass pretrained_backbone=PATH instead")
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(f"{backbone}.in1k")
+        if cfg is None or not cfg.hf_hub_id:
+            raise ValueError(f"{backbone}.in1k has no Hub location in its timm pretrained_cfg")
+        path = hub_download(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME, revision=revision,
+                            cache_dir=cache_dir, token=token)
+    else:
+        path = Path(pretrained_backbone)
+        if path.is_dir():
+            path = resolve_source(path).weights
+    state = read_state_dict(path)  # type: ignore[arg-type]
+    model.load_backbone(state)  # type: ignore[operator]
+
+
+def create_model(
+    name: str,
+    pretrained: Union[bool, str] = False,
+    num_classes: Optional[int] = None,
+    pretrained_backbone: Union[bool, PathLike] = False,
+    checkpoint_path: Optional[PathLike] = None,
+    *,
+    revision: Optional[str] = None,
+    cache_dir: Optional[PathLike] = None,
+    token: Optional[Union[str, bool]] = None,
+    id2label: Optional[Mapping[int, str]] = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """Build a SegRet model by name, optionally with weights.
+
+    - ``pretrained``: False, True (the default tag, ADE20K), a tag (``"cityscapes"``) or
+      ``"segret_tiny.cityscapes"``; weights come from the Hub repo in ``model.pretrained_cfg``.
+    - ``num_classes``: defaults to the tag's class count; a different one keeps every pretrained
+      weight except the classifier (with a warning).
+    - ``pretrained_backbone``: False, True (ImageNet RMT weights from the Hub) or a path to an RMT
+      checkpoint (official classification or segmentation layout, or this project's); ignored
+      when full weights are loaded, which include the backbone.
+    - ``checkpoint_path``: a local full-model checkpoint (``.safetensors``, ``.pth``, or a saved folder).
+    - ``kwargs`` go to the SegRet constructor (``drop_path_rate``, ``decoder_dropout``, ...).
+    The model is returned in training mode, as timm does.
+    """
+    hub = dict(revision=revision, cache_dir=cache_dir, token=token)
+    if name.startswith(_HF_HUB):
+        model = _create_from_hub_name(name, pretrained, num_classes, id2label, hub, kwargs)
+    else:
+        from segret_zoo.models.segret import SegRet, default_pretrained_cfg
+
+        arch, tag = parse_model_name(name, pretrained)
+        variants, datasets = _tables()
+        cfg_tag = tag or DEFAULT_TAG
+        classes = num_classes if num_classes is not None else int(datasets[cfg_tag]["num_classes"])
+        labels = dict(id2label) if id2label is not None else _labels_for(cfg_tag, classes)
+        pcfg = default_pretrained_cfg(arch, cfg_tag, classes, labels)
+        args = {**variants[arch], **kwargs}
+        model = SegRet(num_classes=classes, id2label=labels, architecture=arch, pretrained_cfg=pcfg, **args)
+        if pretrained:
+            if pretrained_backbone:
+                warnings.warn("pretrained_backbone is ignored: the pretrained model's weights include the backbone",
+                              stacklevel=2)
+            repo_id = pcfg["hf_hub_id"]
+            filename = pcfg.get("hf_hub_filename") or WEIGHTS_NAME
+            path = hub_download(repo_id, filename, **hub)
+            assert path is not None
+            load_checkpoint_into(model, read_state_dict(path), source=f"{repo_id}/{filename}")
+        elif pretrained_backbone:
+            _load_backbone(model, pretrained_backbone, **hub)
+    if checkpoint_path is not None:
+        src = resolve_source(checkpoint_path)
+        load_checkpoint_into(model, read_state_dict(src.weights), source=str(src.weights))
+    return model.train()
+
+
+def _create_from_hub_name(name: str, pretrained: Union[bool, str], num_classes: Optional[int],
+                          id2label: Optional[Mapping[int, str]], hub: Dict[str, Any],
+                          kwargs: Dict[str, Any]) -> torch.nn.Module:
+    """``hf-hub:org/repo[@rev]``: the repo's config.json builds the model; weights only if ``pretrained``."""
+    from segret_zoo.models.segret import SegRet
+
+    repo_id, name_revision = parse_hub_name(name)
+    if hub["revision"] is not None and name_revision is not None and hub["revision"] != name_revision:
+        raise ValueError(f"revision given twice: {name!r} and revision={hub['revision']!r}")
+    hub = {**hub, "revision": hub["revision"] or name_revision}
+    if isinstance(pretrained, str):
+        raise ValueError(f"pretrained={pretrained!r}: a tag cannot be combined with a Hub name ({name})")
+    if pretrained:
+        return SegRet.from_pretrained(repo_id, num_classes=num_classes, id2label=id2label, **hub, **kwargs)
+    config_path = hub_download(repo_id, CONFIG_NAME, **hub)
+    assert config_path is not None
+    return SegRet.from_hub_config(read_config(config_path), num_classes=num_classes,
+                                  id2label=dict(id2label) if id2label is not None else None, **kwargs)
+
+
+def from_pretrained(pretrained_model_name_or_path: PathLike, **kwargs: Any) -> torch.nn.Module:
+    """``SegRet.from_pretrained``: a Hub repo id (``revision=``, ``cache_dir=``), a saved folder or a file."""
+    from segret_zoo.models.segret import SegRet
+
+    return SegRet.from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+
+def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
+    """A config for a SegRet state dict without config.json, when its encoder is a registered variant."""
+    from segret_zoo.models.rmt import RMT_CONFIGS, infer_rmt_variant
+    from segret_zoo.models.segret import default_pretrained_cfg
+
+    encoder = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+    classifier = state_dict.get("decoder.classifier.weight")
+    backbone = infer_rmt_variant(encoder) if encoder else None
+    if backbone not in RMT_CONFIGS or classifier is None:
+        return None
+    arch = segret_name_for_backbone(backbone)
+    num_classes, channels = int(classifier.shape[0]), int(classifier.shape[1])
+    return {
+        "architecture": arch, "backbone": backbone, "num_classes": num_classes, "decoder_channels": channels,
+        "zir_fused": "decoder.folded.0.weight" in state_dict,
+        "pretrained_cfg": default_pretrained_cfg(arch, None, num_classes),
+    }

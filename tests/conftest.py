@@ -1,0 +1,41 @@
+"""Shared fixtures: reference data, tiny model configs, and a quiet, deterministic torch."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REFERENCE = Path(__file__).parent / "data" / "reference"
+
+# A SegRet/RMT small enough for sub-second tests; exercises both retention modes.
+TINY_BACKBONE = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def mini_config() -> dict:
+    """The official reference's mini RMT, translated into RMT() keyword arguments."""
+    cfg = json.loads((REFERENCE / "vectors" / "rmt_mini_config.json").read_text())
+    return dict(
+        embed_dims=cfg["embed_dims"], depths=cfg["depths"], num_heads=cfg["num_heads"],
+        heads_ranges=cfg["heads_ranges"], mlp_ratios=cfg["mlp_ratios"],
+        decomposed=cfg["chunkwise_recurrents"], layer_scale=cfg["layerscales"],
+        init_values=cfg["init_values"], layer_scale_init_value=cfg["layer_init_values"],
+        head_hidden_size=cfg["projection"], num_classes=cfg["num_classes"],
+    )
+
+
+@pytest.fixture
+def tiny_segret():
+    from segret_zoo.models.segret import SegRet
+
+    torch.manual_seed(0)
+    return SegRet(backbone=TINY_BACKBONE, num_classes=5, decoder_channels=32)

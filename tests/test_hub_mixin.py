@@ -1,0 +1,196 @@
+"""save_pretrained / from_pretrained / push_to_hub: complete, self-contained, atomic folders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import segret_zoo.hub.mixin as mixin
+from segret_zoo.factory import create_model, from_pretrained, infer_config_from_state_dict
+from segret_zoo.hub.io import CheckpointError
+from segret_zoo.models.segret import SegRet
+
+MINI = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
+SMALL = dict(backbone=MINI, decoder_channels=32)
+
+torch.set_num_threads(1)
+
+
+def _model(seed: int = 0, **kwargs) -> SegRet:
+    model = create_model("segret_tiny", **{**SMALL, **kwargs})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                v = torch.randn(t.shape, generator=g) * 0.2
+                t.copy_(v.abs() + 0.5 if name.endswith("running_var") else v)
+    return model.eval()
+
+
+def _out(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(torch.randn(1, 3, 40, 56, generator=torch.Generator().manual_seed(3)))
+
+
+def _walk_keys(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _walk_keys(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk_keys(v)
+
+
+def test_saved_folder_is_complete_and_self_contained(tmp_path):
+    model = create_model("segret_tiny.cityscapes", pretrained_backbone=False, **SMALL)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architecture"] == "segret_tiny" and config["library_name"] == "segret-zoo"
+    assert config["backbone"]["embed_dims"] == [16, 32, 48, 64] and config["decoder_channels"] == 32
+    assert config["num_classes"] == 19 and config["id2label"]["0"] == "road" and config["label2id"]["road"] == 0
+    assert config["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    assert config["preprocessing"]["test_scale"] == [2048, 1024] and config["preprocessing"]["crop_size"] == [512, 1024]
+    assert config["evaluation"]["mode"] == "slide" and config["evaluation"]["stride"] == [341, 683]
+    assert config["evaluation"]["ms_scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and config["evaluation"]["flip"]
+    assert config["pretrained_cfg"]["dataset"] == "cityscapes"
+    # nothing asks the loader to fetch (backbone) weights again
+    assert not {"pretrained", "pretrained_backbone", "checkpoint_path", "file", "url"} & set(_walk_keys(config))
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: segret-zoo") and "- cityscapes" in card
+    assert "segret_zoo.from_pretrained(" in card and "arXiv:2502.14014" in card and "CVPR" in card
+    assert "81.75" in card and "paper" in card  # the paper's figures, labelled as such
+
+
+def test_round_trip_keeps_outputs_labels_and_cfg(tmp_path):
+    model = _model(seed=1)
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(tmp_path)
+    assert not loaded.training  # from_pretrained returns eval mode, as transformers does
+    assert torch.equal(_out(loaded), _out(model))
+    assert loaded.id2label == model.id2label and loaded.pretrained_cfg["crop_size"] == (512, 512)
+    assert loaded.pretrained_cfg["architecture"] == "segret_tiny"
+
+
+def test_fused_model_round_trip(tmp_path):
+    model = _model(seed=2).fuse_zir()
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(tmp_path)
+    assert loaded.decoder.fused
+    assert torch.equal(_out(loaded), _out(model))
+    # a registered name + the fused weights file: the new model is folded to match the checkpoint
+    created = create_model("segret_tiny", checkpoint_path=tmp_path / "model.safetensors", **SMALL)
+    assert created.decoder.fused and torch.equal(_out(created), _out(model))
+
+
+def test_torch_format_and_switching_back(tmp_path):
+    model = _model(seed=3)
+    model.save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / "pytorch_model.bin").is_file() and not (tmp_path / "model.safetensors").exists()
+    assert torch.equal(_out(from_pretrained(tmp_path)), _out(model))
+    model.save_pretrained(tmp_path)
+    assert not (tmp_path / "pytorch_model.bin").exists()  # no stale copy of older weights
+
+
+class TiedSegRet(SegRet):
+    """A SegRet whose first ZIR path shares its weight with the first linear layer."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.decoder.zir[0].weight = self.decoder.linears[0].weight
+
+
+def test_tied_tensors_are_stored_once_and_restored(tmp_path):
+    from safetensors.torch import load_file
+
+    model = TiedSegRet.from_config(_model().config)
+    model.save_pretrained(tmp_path)
+    stored = load_file(tmp_path / "model.safetensors")
+    assert ("decoder.zir.0.weight" in stored) != ("decoder.linears.0.weight" in stored)
+    loaded = TiedSegRet.from_pretrained(tmp_path)
+    assert loaded.decoder.zir[0].weight is loaded.decoder.linears[0].weight
+    assert torch.equal(_out(loaded), _out(model))
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_failed_weights_write_leaves_old_files(tmp_path, monkeypatch):
+    _model(seed=4).save_pretrained(tmp_path)
+    before = _snapshot(tmp_path)
+
+    def crash(model, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_model", crash)
+    with pytest.raises(OSError, match="No space left"):
+        _model(seed=5).save_pretrained(tmp_path)
+    assert _snapshot(tmp_path) == before  # same names (no temp files left) and same bytes
+
+
+def test_failure_after_weights_are_staged_leaves_old_files(tmp_path, monkeypatch):
+    _model(seed=4).save_pretrained(tmp_path)
+    before = _snapshot(tmp_path)
+    monkeypatch.setattr(mixin, "render_model_card", lambda config, repo_id=None: object())  # README write fails
+    with pytest.raises(TypeError):
+        _model(seed=6).save_pretrained(tmp_path)
+    assert _snapshot(tmp_path) == before
+
+
+def test_push_to_hub_uploads_a_saved_folder(monkeypatch):
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False, repo_type=None):
+            calls["create"] = (repo_id, private, exist_ok)
+
+        def create_branch(self, repo_id, branch, exist_ok=False, repo_type=None):
+            calls["branch"] = branch
+
+        def upload_folder(self, repo_id, folder_path, commit_message, revision, repo_type, allow_patterns):
+            folder = Path(folder_path)
+            calls["files"] = sorted(p.name for p in folder.iterdir())
+            calls["card"] = (folder / "README.md").read_text()
+            calls["upload"] = (repo_id, commit_message, revision, allow_patterns)
+            return "commit-info"
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    result = _model().push_to_hub("me/segret-test", token="tok", private=True, revision="dev")
+    assert result == "commit-info"
+    assert calls["token"] == "tok" and calls["create"] == ("me/segret-test", True, True)
+    assert calls["branch"] == "dev" and calls["upload"][2] == "dev"
+    assert calls["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert 'from_pretrained("me/segret-test")' in calls["card"]
+    assert "*.safetensors" in calls["upload"][3] and "*.bin" not in calls["upload"][3]
+
+
+def test_rmt_folder_is_not_a_segret_model():
+    with pytest.raises(CheckpointError, match="pretrained_backbone="):
+        SegRet.from_hub_config({"architecture": "rmt_t", "num_classes": 1000})
+
+
+def test_newer_format_is_refused():
+    with pytest.raises(CheckpointError, match="newer segret-zoo"):
+        SegRet.from_hub_config({**_model().hub_config(), "format_version": 99})
+
+
+def test_bare_weights_file_without_config(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _model()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "weights.safetensors")
+    with pytest.raises(CheckpointError, match="no config.json beside it"):
+        from_pretrained(tmp_path / "weights.safetensors")
+    base = create_model("segret_base", num_classes=19, device="meta")
+    config = infer_config_from_state_dict(base.state_dict())
+    assert config is not None
+    assert (config["architecture"], config["backbone"], config["num_classes"], config["decoder_channels"]) == (
+        "segret_base", "rmt_b", 19, 256)
