@@ -33,7 +33,9 @@ def default_manifest_path() -> Path:
     override = os.environ.get(MANIFEST_ENV)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parents[2] / "weights" / "manifest.json"
+    checkout = Path(__file__).resolve().parents[2] / "weights" / "manifest.json"
+    # an installed wheel carries a copy next to this module (a symlink in the source tree)
+    return checkout if checkout.is_file() else Path(__file__).with_name("manifest.json")
 
 
 def load_manifest(path: Optional[PathLike] = None) -> dict[str, Any]:
