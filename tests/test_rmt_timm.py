@@ -27,7 +27,8 @@ def test_registered_with_pretrained_tags():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_default_cfg_contract_on_meta(variant):
     """Mirrors timm's test_model_default_cfgs (meta device: structure only)."""
-    model = timm.create_model(variant, device="meta", dtype=torch.float32).eval()
+    with torch.device("meta"):  # as timm's test: a device context, plus explicit device=
+        model = timm.create_model(variant, device="meta", dtype=torch.float32).eval()
     cfg = model.pretrained_cfg
     assert model.num_features == model.embed_dims[-1] and model.head_hidden_size == 1024
     x = torch.randn(1, *cfg["input_size"], device="meta")

@@ -322,7 +322,8 @@ class RMT(nn.Module):
         self.grad_checkpointing = False
 
         self.stem = Stem(in_chans, embed_dims[0], **dd)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)  # linearly increasing over all blocks (plain floats: safe under a meta device context)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         stages, self.feature_info, start = [], [], 0
         for i in range(num_stages):
             stages.append(RMTStage(
