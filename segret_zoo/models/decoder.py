@@ -74,9 +74,9 @@ class ZIRDecoder(nn.Module):
             y = F.relu(y)
         else:
             levels: List[torch.Tensor] = []
-            for linear, zir, f in zip(self.linears, self.zir, features):
+            for i, (linear, zir, f) in enumerate(zip(self.linears, self.zir, features)):
                 level = linear(f) + zir(f)
-                if level.shape[-2:] != size:
+                if i > 0:  # unconditional: no shape-dependent branch for torch.export / ONNX
                     level = F.interpolate(level, size=size, mode="bilinear", align_corners=False)
                 levels.append(level)
             y = F.relu(self.fuse_norm(self.fuse_conv(torch.cat(levels, dim=1))))

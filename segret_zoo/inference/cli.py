@@ -1,0 +1,242 @@
+"""``segret-zoo predict`` and ``segret-zoo export-onnx``.
+
+``predict`` is built for many images: one unreadable file (empty, not an image, zero-size) is
+reported on one line naming it and the run goes on; the exit code is non-zero at the end if any
+image failed. Per image it writes ``<stem>_labels.png`` (palette mode: pixel value = class id),
+``<stem>_overlay.png`` and ``<stem>.json`` (per-class pixel shares), optionally ``<stem>_legend.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from segret_zoo.cli import UserError
+
+__all__ = ["add_cli", "load_model", "resolve_device", "resolve_dtype", "run_predict", "run_export_onnx"]
+
+
+# ------------------------------------------------------------------------------ shared helpers
+def load_model(spec: str, checkpoint: Optional[str] = None, num_classes: Optional[int] = None,
+               pretrained: Optional[bool] = None) -> torch.nn.Module:
+    """Build the model a command asked for.
+
+    ``spec`` is a zoo name (``segret_tiny`` or ``segret_tiny.ade20k``), a local folder/file written by
+    ``save_pretrained``, or a Hub repo id. ``checkpoint`` (a weights file or a ``save_pretrained``
+    folder) supplies the weights for a zoo name. ``pretrained=None`` means "download the published
+    weights" for a zoo name; export passes False for an untagged name so it works offline.
+    """
+    import segret_zoo  # lazy: the factory lives in the hub package and pulls in the Hub client
+
+    kwargs: Dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if checkpoint is not None:
+        if Path(checkpoint).is_dir():
+            return segret_zoo.from_pretrained(checkpoint, **kwargs)
+        if not Path(checkpoint).is_file():
+            raise UserError(f"checkpoint {checkpoint} does not exist; pass a weights file or a save_pretrained folder")
+        return segret_zoo.create_model(spec, checkpoint_path=checkpoint, **kwargs)
+    if Path(spec).exists() or spec.startswith("hf-hub:") or "/" in spec:
+        return segret_zoo.from_pretrained(spec, **kwargs)
+    return segret_zoo.create_model(spec, pretrained=True if pretrained is None else pretrained, **kwargs)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; an unavailable cuda is a user error, not a crash later."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:
+    """``auto``: bf16 autocast on GPUs that support it (fp16 otherwise), full precision on CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def _expand_inputs(items: Sequence[str]) -> List[Path]:
+    """Paths as given; a directory stands for the image files directly inside it (sorted)."""
+    from PIL import Image
+
+    extensions = set(Image.registered_extensions())
+    paths: List[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in extensions))
+        else:
+            paths.append(path)  # missing/unreadable files are reported per file, not here
+    return paths
+
+
+def _unique_stems(paths: Sequence[Path]) -> List[str]:
+    """Output name per input; same-named inputs from different folders get ``-2``, ``-3``... suffixes."""
+    seen: Dict[str, int] = {}
+    stems = []
+    for path in paths:
+        stem = path.stem or "image"
+        n = seen.get(stem, 0) + 1
+        seen[stem] = n
+        stems.append(stem if n == 1 else f"{stem}-{n}")
+    return stems
+
+
+# ------------------------------------------------------------------------------ predict
+def run_predict(args: argparse.Namespace) -> int:
+    """Segment every image, writing label PNG, overlay and shares JSON; non-zero exit if any failed."""
+    from tqdm import tqdm
+
+    from segret_zoo.inference.predictor import ImageLoadError, Segmenter, load_image
+    from segret_zoo.inference.visualize import (
+        colorize,
+        legend,
+        overlay,
+        palette_for,
+        pixel_shares,
+        shares_record,
+    )
+
+    paths = _expand_inputs(args.images)
+    if not paths:
+        raise UserError(f"no image files found in {' '.join(args.images)}")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    model = load_model(args.model, args.checkpoint)
+    seg = Segmenter(model, mode=args.mode, tta=args.tta, device=device, dtype=dtype, batch_size=args.batch_size)
+    palette = palette_for(seg.num_classes, seg.pretrained_cfg.get("dataset"))
+    stems = _unique_stems(paths)
+    failed: List[str] = []
+
+    def report(message: str) -> None:
+        failed.append(message)
+        tqdm.write(f"segret-zoo predict: error: {message}", file=sys.stderr)
+
+    bar = tqdm(total=len(paths), unit="img", desc="predict", file=sys.stderr, disable=args.quiet or None)
+    for start in range(0, len(paths), args.batch_size):
+        batch = []
+        for i in range(start, min(start + args.batch_size, len(paths))):
+            try:
+                batch.append((i, load_image(paths[i])))
+            except ImageLoadError as err:
+                report(str(err))
+        try:
+            labels = seg.predict_arrays([rgb for _, rgb in batch]) if batch else []
+        except (RuntimeError, ValueError) as err:  # e.g. out of memory on one huge image: skip it, go on
+            reason = " ".join(str(err).split())[:200]
+            for i, _ in batch:
+                report(f"{paths[i]}: prediction failed ({reason})")
+            batch, labels = [], []
+        for (i, rgb), lab in zip(batch, labels):
+            stem = stems[i]
+            try:
+                colorize(lab, palette).save(out_dir / f"{stem}_labels.png")
+                overlay(rgb, lab, palette, alpha=args.alpha).save(out_dir / f"{stem}_overlay.png")
+                record = shares_record(lab, seg.id2label, seg.num_classes, image=str(paths[i]), model=args.model)
+                (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+                if args.legend:
+                    legend(pixel_shares(lab), seg.id2label, palette).save(out_dir / f"{stem}_legend.png")
+            except OSError as err:
+                report(f"{paths[i]}: cannot write outputs to {out_dir} ({err.strerror or err})")
+        bar.update(min(args.batch_size, len(paths) - start))
+    bar.close()
+    done = len(paths) - len(failed)
+    print(f"segret-zoo predict: {done} of {len(paths)} images segmented into {out_dir}"
+          + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------ export-onnx
+def run_export_onnx(args: argparse.Namespace) -> int:
+    """Export with dynamic batch/H/W (ZIR folded); ``--check`` validates and compares with onnxruntime."""
+    from segret_zoo.inference.export import export_onnx
+
+    if args.opset < 17:
+        raise UserError(f"--opset {args.opset} is too old; use 17 or newer (LayerNormalization)")
+    local_or_hub = Path(args.model).exists() or "/" in args.model or args.model.startswith("hf-hub:")
+    tagged = "." in args.model and not local_or_hub
+    model = load_model(args.model, args.checkpoint, args.num_classes, pretrained=tagged)
+    if args.checkpoint is None and not tagged and not local_or_hub:
+        print(f"segret-zoo export-onnx: note: {args.model} has no weights tag and no --checkpoint: exporting "
+              f"randomly initialized weights (use e.g. {args.model}.ade20k for trained ones)", file=sys.stderr)
+    try:
+        report = export_onnx(model, args.output, opset=args.opset, exporter=args.exporter, check=args.check,
+                             check_sizes=args.check_shape, atol=args.atol)
+    except AssertionError as err:
+        print(f"segret-zoo export-onnx: error: {err}", file=sys.stderr)
+        return 1
+    print(f"segret-zoo export-onnx: wrote {report['path']} (opset {report['opset']}, {report['exporter']} "
+          f"exporter, {report['export_seconds']} s; input pixel_values B×3×H×W, output logits B×K×H×W)")
+    for row in report.get("parity", []):
+        shape = "x".join(str(s) for s in row["shape"])
+        print(f"  onnxruntime parity {shape}: max abs logit diff {row['max_abs_diff']:.2e}")
+    return 0
+
+
+def _shape(text: str) -> Tuple[int, int, int, int]:
+    try:
+        dims = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or dims[1] != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected BATCHx3xHEIGHTxWIDTH such as 2x3x256x320, got {text!r}")
+    return dims  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------ registration
+def add_cli(subparsers: Any) -> None:
+    """Add the ``predict`` and ``export-onnx`` sub-commands."""
+    p = subparsers.add_parser(
+        "predict", help="segment images: label PNG, overlay and per-class pixel shares per image",
+        description="Segment images with a SegRet model the way the papers evaluate (keep-ratio resize to "
+                    "the test scale, whole or sliding-window inference, optional multi-scale + flip TTA).")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders of images")
+    p.add_argument("--model", required=True,
+                   help="zoo name with optional tag (segret_tiny, segret_tiny.ade20k), a save_pretrained "
+                        "folder, or a Hub repo id")
+    p.add_argument("--checkpoint", metavar="PATH", help="weights file or save_pretrained folder for --model")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    p.add_argument("--mode", choices=("auto", "whole", "slide"), default="auto",
+                   help="auto (default): sliding window when the resized image has over twice the crop's area")
+    p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype (default: bf16/fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per forward pass; different sizes are padded, not resized (default 1)")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)")
+    p.add_argument("--legend", action="store_true", help="also write <stem>_legend.png of the classes present")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_predict)
+
+    e = subparsers.add_parser(
+        "export-onnx", help="export a model to ONNX (dynamic batch/height/width, ZIR folded)",
+        description="Export to ONNX with dynamic batch, height and width. The decoder's zero-init residual "
+                    "paths are folded first. --check compares with onnxruntime on several input sizes.")
+    e.add_argument("output", metavar="OUT.onnx")
+    e.add_argument("--model", required=True,
+                   help="zoo name (segret_tiny: random weights unless tagged or --checkpoint), tagged name, "
+                        "save_pretrained folder or Hub repo id")
+    e.add_argument("--checkpoint", metavar="PATH", help="weights file or save_pretrained folder")
+    e.add_argument("--num-classes", type=int, metavar="K", help="number of classes (new head)")
+    e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    e.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
+                   help="torch.onnx exporter (default dynamo; legacy = deprecated TorchScript exporter, faster)")
+    e.add_argument("--check", action="store_true", help="validate and compare with onnxruntime (needs onnxruntime)")
+    e.add_argument("--atol", type=float, default=1e-3, help="max abs logit difference allowed by --check")
+    e.add_argument("--check-shape", action="append", type=_shape, metavar="BxCxHxW",
+                   help="input shape for --check (repeatable; default 1x3x256x256, 2x3x224x320, 1x3x333x250)")
+    e.set_defaults(func=run_export_onnx)

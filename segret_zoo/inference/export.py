@@ -1,0 +1,240 @@
+"""Deployable graphs of a SegRet model: ONNX (checked against onnxruntime) and ``torch.export`` programs.
+
+Both fold the decoder's zero-initialized residual paths into their linear layers first
+(``model.fuse_zir()`` on a copy; the user's model is never modified), so the graph has one 1×1 conv
+per stage instead of two, with identical outputs. Batch, height and width stay dynamic: the model
+accepts any input size, and so does the exported graph.
+
+The default ONNX exporter is torch's dynamo-based one (``torch.onnx.export(..., dynamo=True)``): it
+traces through ``torch.export`` and keeps the height/width arithmetic of the retention position
+tables symbolic, and the float additive mask of ``scaled_dot_product_attention`` maps onto ONNX ops.
+The TorchScript exporter (``exporter="legacy"``) is kept because it is much faster to run and also
+produces dynamic H/W graphs for this model, but torch has deprecated it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEFAULT_CHECK_SIZES",
+    "METADATA_KEY",
+    "OnnxModel",
+    "check_onnx_parity",
+    "export_onnx",
+    "export_program",
+    "fused_copy",
+]
+
+# shapes used by the parity check: batch > 1, non-square, and sizes that are not multiples of 32
+DEFAULT_CHECK_SIZES: Tuple[Tuple[int, int, int, int], ...] = ((1, 3, 256, 256), (2, 3, 224, 320), (1, 3, 333, 250))
+_INPUT_NAME, _OUTPUT_NAME = "pixel_values", "logits"
+METADATA_KEY = "segret_zoo.pretrained_cfg"
+
+
+def fused_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode float32 CPU copy with ZIR folded (when the model has ``fuse_zir``); ``model`` is untouched."""
+    clone = copy.deepcopy(model).eval().float().cpu()
+    if hasattr(clone, "fuse_zir"):
+        clone = clone.fuse_zir() or clone
+    return clone
+
+
+def _dynamic_shapes() -> Tuple[Dict[int, Any]]:
+    # Dim.DYNAMIC, not named Dims with ranges: the strided convs' ceil-division guards would have to be
+    # spelled out by hand for named Dims; DYNAMIC lets torch.export derive them
+    dyn = torch.export.Dim.DYNAMIC
+    return ({0: dyn, 2: dyn, 3: dyn},)
+
+
+def _check_sample(size: Sequence[int]) -> None:
+    # torch.export specializes dims of size 0/1 and gives equal dims one symbol ("duck sizing"):
+    # a batch-1 or square sample would silently export a batch-1 or square-only graph
+    if len(size) != 4 or size[1] != 3 or size[0] < 2 or size[2] == size[3] or min(size[2:]) < 33:
+        raise ValueError(f"sample size must be B×3×H×W with B >= 2, H != W and H, W >= 33 so every dim stays "
+                         f"dynamic, got {tuple(size)}")
+
+
+def export_program(model: torch.nn.Module, sample: Optional[torch.Tensor] = None, dynamic: bool = True,
+                   fuse: bool = True) -> torch.export.ExportedProgram:
+    """``torch.export`` the model (ZIR folded on a copy) with dynamic batch/height/width.
+
+    Save it with ``torch.export.save(program, "model.pt2")``; run it with ``program.module()(x)``.
+    The program asserts H, W >= 33: the decoder's "upsample only when sizes differ" branch is
+    specialized for inputs where the stride-32 map is smaller than the stride-4 one.
+    """
+    module = fused_copy(model) if fuse else copy.deepcopy(model).eval().float().cpu()
+    if sample is None:
+        sample = torch.randn(2, 3, 128, 160)
+    _check_sample(tuple(sample.shape))
+    with torch.no_grad():
+        return torch.export.export(module, (sample,), dynamic_shapes=_dynamic_shapes() if dynamic else None)
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: Union[str, os.PathLike],
+    opset: int = 18,
+    sample_size: Sequence[int] = (2, 3, 128, 160),
+    exporter: str = "dynamo",
+    check: bool = False,
+    check_sizes: Optional[Sequence[Sequence[int]]] = None,
+    atol: float = 1e-3,
+    verbose: bool = False,
+) -> Dict[str, Any]:
+    """Write ``model`` to ``path`` as ONNX with dynamic batch, height and width, ZIR folded first.
+
+    Input ``pixel_values`` (B×3×H×W float32, normalized with the model's mean/std), output ``logits``
+    (B×K×H×W). With ``check`` the file is validated by ``onnx.checker`` and compared with the
+    (unfused) PyTorch model in onnxruntime on ``check_sizes`` (default ``DEFAULT_CHECK_SIZES``); a max
+    abs logit difference above ``atol`` raises ``AssertionError``. ``sample_size`` is only the tracing
+    input (batch >= 2, H != W, so no dim is specialized); the graph takes any size, 1×1 included.
+    The file's metadata holds the model's ``pretrained_cfg`` (see :class:`OnnxModel`).
+    Returns a report dict (path, opset, exporter, export_seconds, parity).
+    """
+    if opset < 17:
+        raise ValueError(f"opset {opset} is too old: LayerNormalization needs opset >= 17")
+    if exporter not in ("dynamo", "legacy"):
+        raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
+    _check_sample(sample_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fused = fused_copy(model)
+    external = False
+    sample = torch.randn(*sample_size, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    with torch.no_grad():
+        if exporter == "dynamo":
+            program = torch.onnx.export(
+                fused, (sample,), dynamo=True, opset_version=opset, input_names=[_INPUT_NAME],
+                output_names=[_OUTPUT_NAME], dynamic_shapes=_dynamic_shapes(), verbose=verbose)
+            n_bytes = sum(p.numel() * p.element_size() for p in fused.parameters())
+            external = n_bytes > 1_900_000_000  # protobuf's 2 GB limit
+            program.save(str(path), external_data=external)
+        else:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's own deprecation notice and tracer warnings
+                torch.onnx.export(
+                    fused, (sample,), str(path), dynamo=False, opset_version=opset,
+                    input_names=[_INPUT_NAME], output_names=[_OUTPUT_NAME], verbose=verbose,
+                    dynamic_axes={_INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                                  _OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}})
+    if not external:  # (a >2 GB model keeps the exporter's names and no metadata)
+        _finalize(path, getattr(model, "pretrained_cfg", None))
+    report: Dict[str, Any] = {"path": str(path), "opset": opset, "exporter": exporter,
+                              "export_seconds": round(time.perf_counter() - start, 2)}
+    if check:
+        import onnx
+
+        onnx.checker.check_model(str(path))
+        report["parity"] = check_onnx_parity(model, path, check_sizes or DEFAULT_CHECK_SIZES, atol=atol)
+    return report
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _finalize(path: Path, pretrained_cfg: Optional[Dict[str, Any]]) -> None:
+    """Name the dynamic dims and store the preprocessing config in the file.
+
+    The exporter calls the input's batch/height/width ``s77``-like symbols; they are renamed
+    everywhere they occur so tools show ``pixel_values[batch, 3, height, width]``. The model's
+    ``pretrained_cfg`` (mean/std, test scale, crop, labels) goes into the metadata under
+    ``segret_zoo.pretrained_cfg`` (JSON), so :class:`OnnxModel` can run the file without PyTorch weights.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    renames = {dims[i].dim_param: new for i, new in ((0, "batch"), (2, "height"), (3, "width"))
+               if len(dims) == 4 and dims[i].dim_param and re.fullmatch(r"[A-Za-z_]\w*", dims[i].dim_param)}
+    if renames:
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
+        for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param:
+                    dim.dim_param = pattern.sub(lambda m: renames[m.group(1)], dim.dim_param)
+    if pretrained_cfg:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(_jsonable(pretrained_cfg))
+    onnx.save(proto, str(path))
+
+
+class OnnxModel(torch.nn.Module):
+    """An exported ONNX file behind the interface :class:`~segret_zoo.inference.Segmenter` uses
+    (normalized B×3×H×W -> B×K×H×W logits, ``pretrained_cfg``, ``num_classes``, ``id2label``), run by
+    onnxruntime, so deployments are checked with the very same pre- and post-processing."""
+
+    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None,
+                 providers: Optional[Sequence[str]] = None,
+                 pretrained_cfg: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+        self.input_name = self.session.get_inputs()[0].name
+        stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        cfg = dict(json.loads(stored)) if stored else {}
+        cfg.update(pretrained_cfg or {})
+        classes = self.session.get_outputs()[0].shape[1]
+        self.num_classes = int(cfg.get("num_classes") or (classes if isinstance(classes, int) else 0)) or None
+        self.id2label = {int(k): v for k, v in (cfg.get("id2label") or {}).items()}
+        self.pretrained_cfg = cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(out).to(x.device)
+
+
+def check_onnx_parity(
+    model: torch.nn.Module,
+    path: Union[str, os.PathLike],
+    sizes: Sequence[Sequence[int]] = DEFAULT_CHECK_SIZES,
+    atol: float = 1e-3,
+    seed: int = 0,
+    threads: Optional[int] = None,
+) -> List[Dict[str, Any]]:
+    """Run the ONNX file in onnxruntime and the PyTorch ``model`` (float32, CPU, unmodified copy) on random
+    inputs of each size; returns ``[{"shape", "max_abs_diff"}]`` and raises ``AssertionError`` when a
+    difference exceeds ``atol`` or an output has the wrong shape."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    reference = copy.deepcopy(model).eval().float().cpu()
+    gen = torch.Generator().manual_seed(seed)
+    results = []
+    for size in sizes:
+        x = torch.randn(*size, generator=gen)
+        with torch.no_grad():
+            expected = reference(x).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        if got.shape != expected.shape:
+            raise AssertionError(f"onnxruntime output {got.shape} != PyTorch {expected.shape} for input {tuple(size)}")
+        diff = float(np.max(np.abs(got - expected)))
+        results.append({"shape": list(size), "max_abs_diff": diff})
+        if not diff <= atol:
+            raise AssertionError(f"ONNX parity failed for input {tuple(size)}: max abs logit diff {diff:.3g} > {atol}")
+    return results

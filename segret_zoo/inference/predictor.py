@@ -1,0 +1,501 @@
+"""Segment images the way the papers evaluate (mmsegmentation's test pipeline), as a plain callable.
+
+``Segmenter(model)(image)`` returns a label map at the image's original size. Everything that the
+evaluation protocol fixes is taken from ``model.pretrained_cfg`` so that a pretrained model is used
+exactly as it was scored: ImageNet mean/std, keep-ratio rescale to the test scale with mmseg's rule,
+whole or sliding-window inference with border-aligned windows, and multi-scale + flip test-time
+augmentation that averages softmax probabilities at the original size.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+__all__ = [
+    "DEFAULT_TTA_SCALES",
+    "ImageInput",
+    "ImageLoadError",
+    "Segmenter",
+    "load_image",
+    "rescale_size",
+    "slide_windows",
+    "to_rgb_array",
+]
+
+ImageInput = Union[Image.Image, np.ndarray, str, os.PathLike]
+
+# mmsegmentation's multi-scale test ratios (ADE20K / Cityscapes / COCO-Stuff "MS" numbers)
+DEFAULT_TTA_SCALES: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+}
+
+
+class ImageLoadError(ValueError):
+    """An input that cannot become an RGB image. The message is one line and starts with the file's name,
+    so a batch job can report it and move on to the next image."""
+
+
+# --------------------------------------------------------------------------------------------------
+# loading: anything -> H×W×3 uint8 RGB
+# --------------------------------------------------------------------------------------------------
+def _gray_to_uint8(values: np.ndarray, bits: Optional[int] = None) -> np.ndarray:
+    """Map a single-channel array of any numeric type onto 0..255.
+
+    Why these rules: the bit depth is not always known (PIL's "I" mode and numpy ints carry no depth),
+    so the value range decides: 0..1 floats are unit-scaled, 0..255 is taken as 8-bit, 0..65535 as
+    16-bit (divided by 257, so 65535 -> 255 exactly), anything else is min-max stretched.
+    """
+    if values.dtype == np.bool_:
+        return values.astype(np.uint8) * 255
+    if values.dtype == np.uint8:
+        return values
+    v = values.astype(np.float64)
+    if not np.all(np.isfinite(v)):
+        v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    if bits == 16:
+        out = v / 257.0
+    elif np.issubdtype(values.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        out = v * 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        out = v
+    elif lo >= 0.0 and hi <= 65535.0:
+        out = v / 257.0
+    else:
+        out = (v - lo) * (255.0 / max(hi - lo, 1e-12))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """RGB uint8 for every PIL mode; alpha is dropped (as OpenCV's imread does in mmseg's pipeline)."""
+    mode = img.mode
+    if mode == "RGB":
+        return np.asarray(img)
+    if mode.startswith("I;16"):  # 16-bit grayscale PNG/TIFF: scale properly, not truncate/clip
+        return np.repeat(_gray_to_uint8(np.asarray(img), bits=16)[..., None], 3, axis=2)
+    if mode in ("I", "F"):
+        return np.repeat(_gray_to_uint8(np.asarray(img))[..., None], 3, axis=2)
+    if mode in ("P", "PA"):  # palette (maybe with transparency): go through RGBA to keep the colours
+        return np.asarray(img.convert("RGBA"))[..., :3]
+    if mode in ("La", "LA"):
+        return np.repeat(np.asarray(img.convert("LA"))[..., :1], 3, axis=2)
+    return np.asarray(img.convert("RGB"))  # L, 1, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV
+
+
+def to_rgb_array(image: Union[Image.Image, np.ndarray], name: str = "<array>") -> np.ndarray:
+    """Convert an in-memory PIL image or numpy array to a contiguous H×W×3 uint8 RGB array.
+
+    numpy input is H×W (gray), H×W×1, H×W×3 (RGB) or H×W×4 (RGBA), channels last; uint8 is used
+    as is, other dtypes follow the value-range rules of 16-bit / float images.
+    """
+    if isinstance(image, Image.Image):
+        w, h = image.size
+        if w == 0 or h == 0:
+            raise ImageLoadError(f"{name}: zero-size image ({w}x{h})")
+        try:
+            arr = _pil_to_rgb(image)
+        except Exception as err:  # PIL raises many types for odd modes; report them all per file
+            raise ImageLoadError(f"{name}: cannot convert PIL mode {image.mode!r} to RGB ({_one_line(err)})") from err
+    elif isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[..., 0]
+        if arr.ndim == 2:
+            arr = np.repeat(_gray_to_uint8(arr)[..., None], 3, axis=2)
+        elif arr.ndim == 3 and arr.shape[2] in (3, 4):
+            arr = arr[..., :3]
+            if arr.dtype != np.uint8:
+                bits = 16 if arr.dtype == np.uint16 else None
+                arr = _gray_to_uint8(arr, bits=bits)
+        else:
+            raise ImageLoadError(
+                f"{name}: expected an H×W or H×W×3 (channels-last RGB) array, got shape {tuple(image.shape)}")
+    else:
+        raise TypeError(f"expected a PIL image, numpy array or path, got {type(image).__name__}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageLoadError(f"{name}: zero-size image ({arr.shape[1]}x{arr.shape[0]})")
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    return arr if arr.flags.writeable else arr.copy()  # PIL's buffers are read-only; torch wants writable
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:200]
+
+
+def _png_header_size(path: Path) -> Optional[Tuple[int, int]]:
+    """(width, height) from a PNG's IHDR chunk, or None if the file is not a PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def load_image(source: ImageInput) -> np.ndarray:
+    """Load a path, PIL image or array as H×W×3 uint8 RGB, raising :class:`ImageLoadError` (one line,
+    naming the file) for empty, unreadable, non-image or zero-size inputs.
+
+    Files are EXIF-transposed so the label map lines up with the image as viewers display it.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = str(source)
+        try:
+            if path.is_dir():
+                raise ImageLoadError(f"{name}: is a directory, not an image")
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ImageLoadError(f"{name}: no such file") from None
+        except OSError as err:
+            raise ImageLoadError(f"{name}: cannot read ({_one_line(err)})") from err
+        if size == 0:
+            raise ImageLoadError(f"{name}: empty file (0 bytes)")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                if img.size[0] == 0 or img.size[1] == 0:
+                    raise ImageLoadError(f"{name}: zero-size image ({img.size[0]}x{img.size[1]})")
+                img = ImageOps.exif_transpose(img) or img
+                return to_rgb_array(img, name)
+        except ImageLoadError:
+            raise
+        except Image.UnidentifiedImageError:
+            dims = _png_header_size(path)
+            if dims is not None and 0 in dims:  # PIL refuses 0-sized PNGs as "unidentified"
+                raise ImageLoadError(f"{name}: zero-size image ({dims[0]}x{dims[1]})") from None
+            raise ImageLoadError(f"{name}: not an image (format not recognized)") from None
+        except Exception as err:  # truncated data, decoder errors, decompression bombs, ...
+            raise ImageLoadError(f"{name}: cannot decode image ({_one_line(err)})") from err
+    if isinstance(source, Image.Image):
+        return to_rgb_array(source, "<PIL image>")
+    if isinstance(source, np.ndarray):
+        return to_rgb_array(source, "<array>")
+    raise TypeError(f"expected a PIL image, numpy array or path, got {type(source).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# geometry helpers (pure, so they can be tested against mmseg's formulas directly)
+# --------------------------------------------------------------------------------------------------
+def rescale_size(height: int, width: int, scale: Sequence[float]) -> Tuple[int, int]:
+    """mmcv's keep-ratio rescale: the largest size with long side <= max(scale) and short side <= min(scale).
+
+    ``factor = min(long_edge / max(h, w), short_edge / min(h, w))``; new dims ``int(dim * factor + 0.5)``.
+    """
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    return max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)
+
+
+def slide_windows(height: int, width: int, crop: Tuple[int, int],
+                  stride: Tuple[int, int]) -> List[Tuple[int, int, int, int]]:
+    """Windows ``(y1, y2, x1, x2)`` of mmseg's slide_inference: a regular grid whose last row/column is
+    shifted back to end exactly at the border, so every window is full-size and none hangs over.
+    A dimension smaller than the crop gets one window spanning it.
+    """
+    (h_crop, w_crop), (h_stride, w_stride) = crop, stride
+    h_grids = max(height - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(width - w_crop + w_stride - 1, 0) // w_stride + 1
+    windows = []
+    for hi in range(h_grids):
+        for wi in range(w_grids):
+            y2 = min(hi * h_stride + h_crop, height)
+            x2 = min(wi * w_stride + w_crop, width)
+            windows.append((max(y2 - h_crop, 0), y2, max(x2 - w_crop, 0), x2))
+    return windows
+
+
+def _pair(value: Any, what: str) -> Tuple[int, int]:
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    raise ValueError(f"{what} must be an int or a pair (H, W), got {value!r}")
+
+
+def _parse_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return None if dtype == torch.float32 else dtype
+    key = str(dtype).lower().replace("torch.", "")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
+    return None if _DTYPES[key] == torch.float32 else _DTYPES[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# the predictor
+# --------------------------------------------------------------------------------------------------
+class Segmenter:
+    """Run a segmentation model on images of any size and get label maps back at that size.
+
+    Args:
+        model: an ``nn.Module`` mapping a normalized B×3×H×W batch to B×K×H×W logits (any H, W), with a
+            timm-style ``pretrained_cfg`` dict (``mean``/``std`` on a 0-1 scale, ``test_scale``,
+            ``crop_size``, ``stride``) and ``num_classes``. It is switched to eval mode.
+        mode: ``"whole"`` runs the resized image in one pass; ``"slide"`` runs ``crop_size`` windows
+            at ``stride`` (mmseg's slide_inference: border-aligned windows, overlapping logits summed
+            and divided by their count; a dimension smaller than the crop gets one window of the
+            image's size, so slide equals whole when one window covers the image); ``"auto"`` uses
+            slide when the resized image has more than ``slide_margin`` (default 2) times the crop's
+            area, and whole otherwise. Why a margin: typical ADE20K / COCO-Stuff images at the test
+            scale (512 short side, aspect up to 2:1) stay in whole mode as mmseg evaluates them, while
+            Cityscapes frames (1024×2048 vs a 512×1024 crop) and panoramas, where full attention gets
+            expensive and far off the training size, are windowed.
+        tta: multi-scale + horizontal flip test-time augmentation; ``scales`` default to
+            ``DEFAULT_TTA_SCALES`` and ``flip`` to True. Each ratio multiplies the test scale (as
+            mmseg's MultiScaleFlipAug img_ratios do) and the softmax probabilities of all views are
+            averaged at the original size. ``scales``/``flip`` given explicitly are used as given.
+        device: where to run; the model is moved there. Default: where the model's weights are.
+        dtype: ``"bf16"``/``"fp16"`` (or a torch dtype) runs the model under autocast; logits are
+            upsampled and reduced in float32. Default float32.
+        test_scale: keep-ratio rescale target (long, short), default ``pretrained_cfg["test_scale"]``;
+            ``False`` keeps the image's own size.
+        crop_size, stride: sliding-window size and step (H, W), default from ``pretrained_cfg``
+            (stride defaults to 2/3 of the crop, as mmseg configs use).
+        batch_size: images per forward pass in whole mode. Images of different sizes are zero-padded
+            (after normalization, i.e. with the mean colour) bottom/right to the largest one and the
+            outputs cropped back; they are never resized to a common size. Padding does change the
+            logits of the smaller images slightly, so the default (1) gives per-image exact results.
+        window_batch_size: sliding windows per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        mode: str = "auto",
+        tta: bool = False,
+        scales: Optional[Sequence[float]] = None,
+        flip: Optional[bool] = None,
+        device: Union[None, str, torch.device] = None,
+        dtype: Union[None, str, torch.dtype] = None,
+        test_scale: Union[None, bool, Sequence[int]] = None,
+        crop_size: Union[None, int, Sequence[int]] = None,
+        stride: Union[None, int, Sequence[int]] = None,
+        batch_size: int = 1,
+        window_batch_size: int = 4,
+        slide_margin: float = 2.0,
+    ) -> None:
+        if mode not in ("auto", "whole", "slide"):
+            raise ValueError(f"mode must be 'auto', 'whole' or 'slide', got {mode!r}")
+        cfg: Dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
+        if device is None:
+            param = next(iter(model.parameters()), None)
+            self.device = param.device if param is not None else torch.device("cpu")
+        else:
+            self.device = torch.device(device)
+            model = model.to(self.device)
+        self.model = model.eval()
+        self.pretrained_cfg = cfg
+        self.mode = mode
+        self.dtype = _parse_dtype(dtype)
+        num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes")
+        if not num_classes:
+            raise ValueError("the model has no num_classes (attribute or pretrained_cfg entry)")
+        self.num_classes = int(num_classes)
+        self.id2label: Dict[int, str] = dict(getattr(model, "id2label", None) or cfg.get("id2label") or {})
+
+        mean = torch.tensor(cfg.get("mean", _IMAGENET_MEAN), dtype=torch.float32)
+        std = torch.tensor(cfg.get("std", _IMAGENET_STD), dtype=torch.float32)
+        self._mean = (mean * 255.0).view(1, 3, 1, 1).to(self.device)
+        self._inv_std = (1.0 / (std * 255.0)).view(1, 3, 1, 1).to(self.device)
+
+        if test_scale is None:
+            test_scale = cfg.get("test_scale")
+        self.test_scale: Optional[Tuple[int, int]] = (
+            None if test_scale is None or test_scale is False else _pair(test_scale, "test_scale"))
+        self.crop_size = _pair(crop_size if crop_size is not None else cfg.get("crop_size", (512, 512)),
+                               "crop_size")
+        if stride is None:
+            stride = cfg.get("stride") or (max(self.crop_size[0] * 2 // 3, 1), max(self.crop_size[1] * 2 // 3, 1))
+        self.stride = _pair(stride, "stride")
+        if min(self.crop_size) < 1 or min(self.stride) < 1:
+            raise ValueError(f"crop_size and stride must be positive, got {self.crop_size}, {self.stride}")
+
+        self.scales: Tuple[float, ...] = tuple(
+            float(s) for s in (scales if scales is not None else (DEFAULT_TTA_SCALES if tta else (1.0,))))
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be positive ratios, got {self.scales}")
+        self.flip = bool(tta if flip is None else flip)
+        self.batch_size = max(int(batch_size), 1)
+        self.window_batch_size = max(int(window_batch_size), 1)
+        self.slide_margin = float(slide_margin)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(mode={self.mode!r}, scales={self.scales}, flip={self.flip}, "
+                f"test_scale={self.test_scale}, crop_size={self.crop_size}, stride={self.stride}, "
+                f"device={str(self.device)!r}, dtype={self.dtype})")
+
+    @classmethod
+    def from_pretrained(cls, model: str, checkpoint: Optional[str] = None, **kwargs: Any) -> Segmenter:
+        """``Segmenter.from_pretrained("segret_tiny.ade20k", tta=True)``: build the zoo model (or load a
+        ``save_pretrained`` folder / Hub repo, or ``checkpoint`` for a zoo name) and wrap it."""
+        from segret_zoo.inference.cli import load_model
+
+        return cls(load_model(model, checkpoint), **kwargs)
+
+    # ---------------------------------------------------------------- public API
+    def __call__(self, images: Union[ImageInput, Sequence[ImageInput]], return_probs: bool = False,
+                 on_error: str = "raise") -> Any:
+        return self.predict(images, return_probs=return_probs, on_error=on_error)
+
+    def predict(self, images: Union[ImageInput, Sequence[ImageInput]], return_probs: bool = False,
+                on_error: str = "raise") -> Any:
+        """Label map(s) at the original size: H×W uint8 when ``num_classes <= 256``, else int16.
+
+        With ``return_probs`` each result is ``(labels, probs)`` with probs K×H×W float32 (softmax,
+        averaged over TTA views). A list/tuple in gives a list out. ``on_error="warn"`` turns an
+        unreadable input into a one-line warning and a ``None`` result instead of an exception, so the
+        rest of a batch still completes.
+        """
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        results: List[Any] = [None] * len(items)
+        for start in range(0, len(items), self.batch_size):
+            idx, arrays = [], []
+            for i in range(start, min(start + self.batch_size, len(items))):
+                try:
+                    arrays.append(load_image(items[i]))
+                    idx.append(i)
+                except ImageLoadError as err:
+                    if on_error == "raise":
+                        raise
+                    warnings.warn(str(err), stacklevel=2)
+            if arrays:
+                for i, out in zip(idx, self.predict_arrays(arrays, return_probs=return_probs)):
+                    results[i] = out
+        return results[0] if single else results
+
+    @torch.inference_mode()
+    def predict_arrays(self, arrays: Sequence[np.ndarray], return_probs: bool = False) -> List[Any]:
+        """Predict already-loaded arrays (H×W×3 uint8 RGB, or anything ``to_rgb_array`` takes) as one batch."""
+        self.model.eval()
+        arrays = [to_rgb_array(a) for a in arrays]  # no copy for writable contiguous uint8 RGB
+        images = [torch.from_numpy(a).to(self.device).permute(2, 0, 1)[None].float() for a in arrays]
+        sizes = [tuple(a.shape[:2]) for a in arrays]
+        views = [(ratio, flipped) for ratio in self.scales for flipped in ((False, True) if self.flip else (False,))]
+        acc: List[Optional[torch.Tensor]] = [None] * len(images)
+        single_view = len(views) == 1
+        for ratio in self.scales:
+            inputs = [self._normalize(self._resize(img, ratio)) for img in images]
+            flips = (False, True) if self.flip else (False,)
+            batch = [(i, f, x.flip(-1) if f else x) for i, x in enumerate(inputs) for f in flips]
+            logits = self._forward_many([x for _, _, x in batch])
+            for (i, f, _), lg in zip(batch, logits):
+                up = F.interpolate(lg, size=sizes[i], mode="bilinear", align_corners=False)
+                if f:
+                    up = up.flip(-1)
+                # one view: keep logits (argmax is the same as over softmax, and cheaper);
+                # several views: average softmax probabilities like mmseg's aug_test
+                score = up if single_view else up.softmax(dim=1)
+                acc[i] = score if acc[i] is None else acc[i] + score
+        label_dtype = torch.uint8 if self.num_classes <= 256 else torch.int16
+        out: List[Any] = []
+        for score in acc:
+            assert score is not None
+            labels = score[0].argmax(dim=0).to(label_dtype).cpu().numpy()
+            if return_probs:
+                probs = score[0].softmax(dim=0) if single_view else score[0] / len(views)
+                out.append((labels, probs.float().cpu().numpy()))
+            else:
+                out.append(labels)
+        return out
+
+    def choose_mode(self, height: int, width: int) -> str:
+        """The inference mode used for a (resized) image of this size."""
+        if self.mode != "auto":
+            return self.mode
+        ch, cw = self.crop_size
+        return "slide" if height * width > self.slide_margin * ch * cw else "whole"
+
+    def target_size(self, height: int, width: int, ratio: float = 1.0) -> Tuple[int, int]:
+        """Size the image is resized to before the model for a TTA ratio (mmseg's MultiScaleFlipAug:
+        the ratio scales the test scale, then the keep-ratio rescale rule applies)."""
+        if self.test_scale is None:
+            if ratio == 1.0:
+                return height, width
+            scale: Tuple[float, float] = (int(width * ratio), int(height * ratio))
+        else:
+            scale = (int(self.test_scale[0] * ratio), int(self.test_scale[1] * ratio))
+        return rescale_size(height, width, scale)
+
+    # ---------------------------------------------------------------- internals
+    def _resize(self, img: torch.Tensor, ratio: float) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        size = self.target_size(h, w, ratio)
+        if size == (h, w):
+            return img
+        # bilinear, half-pixel centres, no antialias, rounded to uint8 values: what cv2.resize
+        # (INTER_LINEAR) gives mmseg's pipeline
+        out = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
+        return out.round_().clamp_(0.0, 255.0)
+
+    def _normalize(self, img: torch.Tensor) -> torch.Tensor:
+        return (img - self._mean) * self._inv_std
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def _model(self, x: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            logits = self.model(x)
+        if logits.shape[-2:] != x.shape[-2:]:
+            raise RuntimeError(f"model returned logits of size {tuple(logits.shape[-2:])} for input "
+                               f"{tuple(x.shape[-2:])}; the predictor expects logits at input size")
+        return logits.float()
+
+    def _forward_many(self, inputs: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Logits (1×K×h×w each) for normalized 1×3×h×w inputs: whole-mode ones batched and padded,
+        slide-mode ones window by window."""
+        outputs: List[Optional[torch.Tensor]] = [None] * len(inputs)
+        whole = [i for i, x in enumerate(inputs) if self.choose_mode(*x.shape[-2:]) == "whole"]
+        for i, x in enumerate(inputs):
+            if i not in whole:
+                outputs[i] = self._slide(x)
+        for start in range(0, len(whole), self.batch_size * (2 if self.flip else 1)):
+            chunk = whole[start:start + self.batch_size * (2 if self.flip else 1)]
+            hs = [inputs[i].shape[-2] for i in chunk]
+            ws = [inputs[i].shape[-1] for i in chunk]
+            mh, mw = max(hs), max(ws)
+            batch = torch.cat([F.pad(inputs[i], (0, mw - w, 0, mh - h)) for i, h, w in zip(chunk, hs, ws)])
+            logits = self._model(batch)
+            for j, (i, h, w) in enumerate(zip(chunk, hs, ws)):
+                outputs[i] = logits[j:j + 1, :, :h, :w]
+        return [o for o in outputs if o is not None]
+
+    def _slide(self, x: torch.Tensor) -> torch.Tensor:
+        """mmseg slide_inference on one normalized image (1×3×H×W): summed window logits / counts."""
+        _, _, h, w = x.shape
+        windows = slide_windows(h, w, self.crop_size, self.stride)
+        preds: Optional[torch.Tensor] = None
+        count = torch.zeros(1, 1, h, w, device=x.device)
+        for start in range(0, len(windows), self.window_batch_size):
+            chunk = windows[start:start + self.window_batch_size]
+            crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
+            logits = self._model(crops)
+            if preds is None:
+                preds = torch.zeros(1, logits.shape[1], h, w, device=x.device)
+            for j, (y1, y2, x1, x2) in enumerate(chunk):
+                preds[:, :, y1:y2, x1:x2] += logits[j:j + 1]
+                count[:, :, y1:y2, x1:x2] += 1
+        assert preds is not None
+        return preds / count
