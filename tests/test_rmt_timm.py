@@ -49,6 +49,7 @@ def test_default_cfg_contract_on_meta(variant):
     model.to(device="meta", dtype=torch.float64)
     model.reset_classifier(2)
     assert model.get_classifier().weight.dtype == torch.float64
+    assert not any(m.training for m in model.modules())  # the new classifier follows eval mode
     every = [*model.parameters(), *model.buffers()]
     assert all(t.device.type == "meta" for t in every)
 

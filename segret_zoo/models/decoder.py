@@ -61,6 +61,7 @@ class ZIRDecoder(nn.Module):
         """New classifier for another label set (keeps device and dtype)."""
         w = self.classifier.weight
         self.classifier = nn.Conv2d(self.channels, num_classes, 1, device=w.device, dtype=w.dtype)
+        self.classifier.train(self.training)
         self.num_classes = num_classes
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:

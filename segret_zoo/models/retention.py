@@ -53,8 +53,8 @@ def retention_positions(
 
     Returns ``(sin, cos, bias_a, bias_b)``: ``sin``/``cos`` are ``H x W x 1 x head_dim`` (broadcast
     over heads in the ``B x H x W x N x d`` layout). In decomposed mode ``bias_a`` is the row
-    (width) bias ``N x W x W`` and ``bias_b`` the column (height) bias ``N x H x H``; in full mode
-    both are the ``N x HW x HW`` Manhattan bias. float32 arithmetic follows the official code, so the
+    (width) bias ``1 x N x W x W`` and ``bias_b`` the column (height) bias ``1 x N x H x H``; in full
+    mode both are the ``1 x N x HW x HW`` Manhattan bias. float32 arithmetic follows the official code, so the
     tables are bit-identical to those its released weights were trained with.
     """
     index = torch.arange(height * width, dtype=torch.float32, device=device)
@@ -62,11 +62,13 @@ def retention_positions(
     sin = torch.sin(phase).reshape(height, width, 1, head_dim).to(dtype)
     cos = torch.cos(phase).reshape(height, width, 1, head_dim).to(dtype)
 
-    decay = head_decays(num_heads, init_value, heads_range, device)[:, None, None]
+    decay = head_decays(num_heads, init_value, heads_range, device)[None, :, None, None]
     rows = torch.arange(height, dtype=torch.float32, device=device)
     cols = torch.arange(width, dtype=torch.float32, device=device)
     dist_h = (rows[:, None] - rows[None, :]).abs()
     dist_w = (cols[:, None] - cols[None, :]).abs()
+    # 4-D (1 x N x L x S) masks: with a 3-D mask torch's CPU dispatcher skips the fused
+    # (flash) kernel and runs the unfused "math" path, which materializes every score matrix
     if decomposed:
         return sin, cos, (dist_w * decay).to(dtype), (dist_h * decay).to(dtype)
     length = height * width
@@ -127,22 +129,25 @@ class ManhattanSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, H, W, C = x.shape
         N, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).unflatten(-1, (3, N, d)).unbind(3)  # each B x H x W x N x d
+        q, k, v = self.qkv(x).unflatten(-1, (3, N, d)).unbind(3)  # each B x H x W x N x d (views)
         lepe = self.lepe(v.flatten(3).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         q = theta_shift(q, sin, cos)
         k = theta_shift(k, sin, cos)
 
+        # All q/k/v below are strided views of B x H x W x N x d tensors: the CPU flash kernel takes
+        # any strides with a unit last dim, so no permute copies are made (except for the column
+        # pass with B > 1, where (B, W) cannot be merged into one batch dim without a copy).
         if self.decomposed:
             # along each row (sequence = W), then along each column (sequence = H) of that result
-            q_row, k_row, v_row = (t.permute(0, 1, 3, 2, 4).reshape(B * H, N, W, d) for t in (q, k, v))
+            q_row, k_row, v_row = (t.transpose(2, 3).reshape(B * H, N, W, d) for t in (q, k, v))
             rows = F.scaled_dot_product_attention(q_row, k_row, v_row, attn_mask=bias_a, scale=self.scale)
-            rows = rows.reshape(B, H, N, W, d).permute(0, 3, 2, 1, 4).reshape(B * W, N, H, d)
-            q_col, k_col = (t.permute(0, 2, 3, 1, 4).reshape(B * W, N, H, d) for t in (q, k))
-            out = F.scaled_dot_product_attention(q_col, k_col, rows, attn_mask=bias_b, scale=self.scale)
-            out = out.reshape(B, W, N, H, d).permute(0, 3, 1, 2, 4).reshape(B, H, W, C)
+            rows = rows.reshape(B, H, N, W, d)
+            q_col, k_col, v_col = (t.permute(0, 2, 3, 1, 4).reshape(B * W, N, H, d)
+                                    for t in (q, k, rows.transpose(2, 3)))
+            out = F.scaled_dot_product_attention(q_col, k_col, v_col, attn_mask=bias_b, scale=self.scale)
+            out = out.reshape(B, W, N, H, d).permute(0, 3, 1, 2, 4).flatten(3)
         else:
             q_all, k_all, v_all = (t.reshape(B, H * W, N, d).transpose(1, 2) for t in (q, k, v))
             out = F.scaled_dot_product_attention(q_all, k_all, v_all, attn_mask=bias_a, scale=self.scale)
             out = out.transpose(1, 2).reshape(B, H, W, C)
         return self.proj(out + lepe)
-

@@ -257,6 +257,7 @@ class RMTHead(nn.Module):
             self.proj, self.norm, self.act = nn.Identity(), nn.Identity(), nn.Identity()
             self.num_features = self.in_features
         self.fc = nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.fc.train(self.training)  # new modules follow the model's train/eval mode
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.proj(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
