@@ -197,51 +197,30 @@ def write_metrics(results: Dict[str, Any], path: os.PathLike, extra: Optional[Di
 # CLI
 # --------------------------------------------------------------------------------------------------
 def _load_model(name: str, checkpoint: Optional[str], num_classes: int) -> torch.nn.Module:
-    """Build the model ``segret-zoo eval`` was asked for.
+    """Build the model ``segret-zoo eval`` was asked for (the same resolution as ``predict``).
 
-    ``name``: a zoo name (``segret_tiny``, ``segret_tiny.ade20k``: published weights are downloaded),
-    a ``save_pretrained`` folder or weights file, or a Hub repo id (``user/repo``). ``checkpoint``
-    (a weights file or saved folder) supplies the weights of a zoo name instead; its head is built
-    with the dataset's class count, since fine-tuned checkpoints rarely have 150 classes.
+    A ``--checkpoint`` weights file for a zoo name gets a head with the dataset's class count, since
+    fine-tuned checkpoints rarely have 150 classes; a saved folder brings its own config.
     """
     from segret_zoo.cli import UserError
-    from segret_zoo.factory import create_model, from_pretrained  # lazy: pulls in the Hub client
+    from segret_zoo.inference.cli import load_model
 
-    is_local = Path(name).exists()
-    if is_local or ("/" in name and not name.startswith("hf-hub:")):
-        if checkpoint is not None:
-            raise UserError(f"--model {name} already names saved weights; do not also pass --checkpoint")
-        return from_pretrained(name)
-    if checkpoint is not None:
-        ckpt = Path(checkpoint)
-        if not ckpt.exists():
-            raise UserError(f"checkpoint {checkpoint} not found; pass a weights file or a save_pretrained folder")
-        if ckpt.is_dir() and (ckpt / "config.json").is_file():
-            return from_pretrained(ckpt)
-        return create_model(name, pretrained=False, checkpoint_path=str(ckpt), num_classes=num_classes)
-    return create_model(name, pretrained=True)
-
-
-def _resolve_device(name: str) -> torch.device:
-    from segret_zoo.cli import UserError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return device
+    if checkpoint is not None and (Path(name).exists() or ("/" in name and not name.startswith("hf-hub:"))):
+        raise UserError(f"--model {name} already names saved weights; do not also pass --checkpoint")
+    weights_file = checkpoint is not None and not Path(checkpoint).is_dir()
+    return load_model(name, checkpoint, num_classes=num_classes if weights_file else None)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """``segret-zoo eval``: load the model and dataset, score, print the table, write metrics.json."""
     from segret_zoo.cli import UserError
     from segret_zoo.data.datasets import build_dataset
+    from segret_zoo.inference.cli import resolve_device
 
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be a positive number of images")
     dataset = build_dataset(args.data, split=args.split)
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     model = _load_model(args.model, args.checkpoint, dataset.num_classes)
     if int(getattr(model, "num_classes", dataset.num_classes)) != dataset.num_classes:
         raise UserError(
