@@ -1,0 +1,159 @@
+"""Training checkpoints that survive crashes: atomic writes, full state for bit-exact resume.
+
+Why atomic: a run killed while writing (OOM killer, pre-emption, Ctrl-C twice) must never leave a
+truncated file where the last good checkpoint was. The state is written to a temporary file in the
+same folder, flushed to disk, then ``os.replace``-d over the target (atomic on POSIX and Windows).
+Why all the RNG states: augmentation, dropout and drop-path draw from them, so a resumed run only
+repeats the uninterrupted one bit for bit if every generator continues where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = ["atomic_save", "capture_rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint",
+           "find_last", "list_checkpoints", "checkpoint_name", "CHECKPOINT_DIR"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+CHECKPOINT_DIR = "checkpoints"
+_NAME_RE = re.compile(r"^iter_(\d+)\.pt$")
+
+
+def checkpoint_name(iteration: int) -> str:
+    """``iter_00001600.pt``: zero-padded so a plain listing sorts by iteration."""
+    return f"iter_{iteration:08d}.pt"
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` to a temp file next to ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable (not possible on every platform / filesystem)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """States of Python's ``random``, numpy's global RNG, torch's CPU RNG and every CUDA device's RNG."""
+    state: Dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state` (CUDA states only when this process has as many devices)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(path: PathLike, *, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                    scheduler: Optional[Any] = None, scaler: Optional[Any] = None, iteration: int = 0,
+                    best_metric: Optional[float] = None, config: Optional[Dict[str, Any]] = None,
+                    rng_states: Optional[List[Dict[str, Any]]] = None, **extra: Any) -> Path:
+    """Write everything needed to continue training at ``iteration`` (atomically).
+
+    ``rng_states``: one :func:`capture_rng_state` per rank (index = rank); defaults to this process's.
+    ``model`` may be DDP-wrapped; the plain module's state dict is stored.
+    """
+    module = getattr(model, "module", model)
+    state = {
+        "format": "segret-zoo-train-checkpoint/1",
+        "iteration": int(iteration),
+        "model": module.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_states if rng_states is not None else [capture_rng_state()],
+        "best_metric": best_metric,
+        "config": config or {},
+        **extra,
+    }
+    return atomic_save(state, path)
+
+
+def load_checkpoint(path: PathLike, model: Optional[torch.nn.Module] = None,
+                    optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Optional[Any] = None,
+                    scaler: Optional[Any] = None, *, rank: int = 0, restore_rng: bool = True,
+                    map_location: Any = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` into the given objects and return it.
+
+    A run folder resolves to its last checkpoint. The RNG state restored is this ``rank``'s when the
+    checkpoint has one per rank, else rank 0's (a resume on another number of processes continues
+    the schedule exactly, but not the random streams).
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = find_last(path)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint (checkpoints/iter_*.pt) in {path}")
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    # our own files hold numpy RNG state and config dicts, which weights_only loading refuses
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
+        raise ValueError(f"{path} is not a segret-zoo training checkpoint (use --pretrained / checkpoint_path "
+                         "for model weights)")
+    if model is not None:
+        getattr(model, "module", model).load_state_dict(state["model"])
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    if restore_rng and state.get("rng"):
+        rngs = state["rng"]
+        restore_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    state["path"] = str(path)
+    return state
+
+
+def list_checkpoints(run_dir: PathLike) -> List[Path]:
+    """``run_dir/checkpoints/iter_*.pt`` sorted by iteration (temp files of interrupted writes are ignored)."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME_RE.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_last(run_dir: PathLike) -> Optional[Path]:
+    """The checkpoint with the highest iteration in ``run_dir`` (None if there is none)."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None

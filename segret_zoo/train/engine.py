@@ -1,0 +1,781 @@
+"""The training engine: ``TrainConfig`` and ``train(cfg)``, iteration-based as in mmsegmentation.
+
+Design points (and why):
+
+- **Deterministic data stream.** An endless sampler maps iteration ``t`` to a fixed global batch
+  (:class:`~segret_zoo.train.distributed.InfiniteShardedSampler`), and raw-image augmentation draws
+  from a generator seeded by ``(seed, global sample position)``. So the data a step sees does not
+  depend on DataLoader workers, on the number of processes, or on whether the run was resumed.
+- **Exact global-batch loss.** The pixel cross-entropy is summed over all micro-batches and ranks
+  and divided by the global count of valid pixels (class-weighted if weights are given), i.e. what
+  one process with the whole batch computes; DDP, accumulation and one big batch agree.
+- **Nothing is lost.** Checkpoints (model, optimizer, scheduler, scaler, every rank's RNG states,
+  logging accumulators) are written atomically; SIGINT/SIGTERM finish the step, save and return
+  ``interrupted=True``; a non-finite loss raises :class:`NonFiniteLossError` *before* the bad
+  update, so the last checkpoint on disk is the last good one.
+- **Rank 0 writes** (checkpoints, ``metrics.jsonl``, ``curves.png``, ``best/`` and ``last/``
+  ``save_pretrained`` exports); every rank computes, and metrics are all-reduced.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from segret_zoo.train import distributed as D
+from segret_zoo.train.checkpoint import (
+    capture_rng_state,
+    checkpoint_name,
+    find_last,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from segret_zoo.train.optim import build_optimizer, build_scheduler
+from segret_zoo.train.plot import plot_curves
+from segret_zoo.train.recipes import get_recipe
+
+__all__ = ["TrainConfig", "train", "resolve_config", "NonFiniteLossError", "IGNORE_INDEX", "METRICS_FILE",
+           "PLOT_FILE"]
+
+IGNORE_INDEX = 255
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "curves.png"
+_AMP = ("none", "bf16", "fp16")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the run stopped before applying that update."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. ``batch_size`` is the *global* batch (all processes x accumulation steps).
+
+    A ``recipe`` fills crop/batch/iters/scale/lr/schedule/intervals for every field still at its
+    default here; fields you set yourself win. ``stop_at`` ends the run early at that iteration
+    while the schedule still runs to ``iters`` (so a later ``resume`` continues it exactly).
+    """
+
+    model: str = "segret_tiny"
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    num_classes: Optional[int] = None
+    id2label: Optional[Dict[int, str]] = None
+    pretrained: Union[bool, str] = False
+    pretrained_backbone: Union[bool, str] = False
+    checkpoint_path: Optional[str] = None
+    train_dataset: Any = None
+    val_dataset: Any = None
+    data: Optional[str] = None
+    recipe: Optional[str] = None
+    iters: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    head_lr_mult: float = 1.0
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    poly_power: float = 1.0
+    min_lr: float = 0.0
+    crop_size: Tuple[int, int] = (512, 512)
+    scale: Optional[Tuple[int, int]] = (2048, 512)
+    accum_steps: int = 1
+    amp: str = "none"
+    grad_checkpointing: bool = False
+    class_weights: Optional[Sequence[float]] = None
+    eval_interval: int = 1000
+    ckpt_interval: int = 1000
+    time_budget_s: Optional[float] = None
+    workers: int = 0
+    seed: int = 0
+    out_dir: str = "runs/x"
+    resume: Optional[str] = None
+    progress: bool = True
+    device: Optional[str] = None
+    channels_last: bool = False
+    sync_bn: bool = True
+    # beyond the shared contract
+    stop_at: Optional[int] = None
+    log_interval: int = 10
+    keep_checkpoints: int = 2
+    clip_grad: Optional[float] = None
+    eval_batch_size: Optional[int] = None
+    overwrite: bool = False
+    handle_signals: bool = True
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------------
+def _pair(value: Any, what: str) -> Tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    v = tuple(int(x) for x in value)
+    if len(v) != 2:
+        raise ValueError(f"{what} must be an int or (h, w), got {value!r}")
+    return v  # type: ignore[return-value]
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """Apply the recipe to fields left at their defaults, normalize types and check values."""
+    cfg = dataclasses.replace(cfg)
+    if cfg.recipe:
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                    if f.default is not dataclasses.MISSING}
+        for key, value in get_recipe(cfg.recipe).items():
+            if key in defaults and getattr(cfg, key) == defaults[key]:
+                setattr(cfg, key, value)
+    cfg.crop_size = _pair(cfg.crop_size, "crop_size")
+    if cfg.scale is not None:
+        cfg.scale = _pair(cfg.scale, "scale")
+    if cfg.amp not in _AMP:
+        raise ValueError(f"amp must be one of {', '.join(_AMP)}, got {cfg.amp!r}")
+    for name in ("iters", "batch_size", "accum_steps", "eval_interval", "ckpt_interval", "log_interval"):
+        if int(getattr(cfg, name)) <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    if cfg.lr <= 0:
+        raise ValueError(f"lr must be positive, got {cfg.lr}")
+    if cfg.stop_at is not None and cfg.stop_at <= 0:
+        raise ValueError(f"stop_at must be positive, got {cfg.stop_at}")
+    if cfg.train_dataset is None and not cfg.data:
+        raise ValueError("no training data: pass train_dataset=... or data='ade20k:PATH' (or folder:PATH, ...)")
+    if isinstance(cfg.resume, os.PathLike):
+        cfg.resume = os.fspath(cfg.resume)
+    cfg.out_dir = os.fspath(cfg.out_dir)
+    return cfg
+
+
+def config_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    """JSON-friendly view of the config (dataset objects become their repr)."""
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name in ("train_dataset", "val_dataset") and v is not None:
+            v = repr(v)
+        elif isinstance(v, tuple):
+            v = list(v)
+        out[f.name] = v
+    return json.loads(json.dumps(out, default=str))
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+class _SampleRNG:
+    """Generator-style RNG for the transforms, re-seeded from ``(seed, position)`` before each sample."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.gen = np.random.default_rng([self.seed, 0])
+
+    def reseed(self, position: int) -> None:
+        self.gen = np.random.default_rng([self.seed, int(position)])
+
+    def random(self) -> float:
+        return float(self.gen.random())
+
+    def integers(self, low: int, high: int) -> int:
+        return int(self.gen.integers(low, high))
+
+    def uniform(self, low: float, high: float) -> float:
+        return float(self.gen.uniform(low, high))
+
+
+def _is_tensor_sample(dataset: Any) -> bool:
+    """True when ``dataset[i]`` already gives (float tensor image, mask tensor)."""
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {dataset!r} is empty")
+    item = dataset[0]
+    return isinstance(item[0], torch.Tensor)
+
+
+class _TrainView(Dataset):
+    """Indexed by ``(index, position)`` from the sampler; applies the seeded train transform to raw pairs."""
+
+    def __init__(self, dataset: Any, transform: Any, rng: Optional[_SampleRNG]) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.rng = rng
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        index, position = key
+        if self.transform is None:
+            image, mask = self.dataset[index]
+        else:
+            raw = self.dataset.get_raw(index) if hasattr(self.dataset, "get_raw") else self.dataset[index]
+            assert self.rng is not None
+            self.rng.reseed(position)
+            image, mask = self.transform(*raw)
+        if not isinstance(mask, torch.Tensor):
+            mask = torch.as_tensor(np.asarray(mask))
+        return image, mask.long()
+
+
+def _build_datasets(cfg: TrainConfig) -> Tuple[Any, Any]:
+    train_ds, val_ds = cfg.train_dataset, cfg.val_dataset
+    if train_ds is None or (val_ds is None and cfg.data):
+        from segret_zoo.data.datasets import DatasetLayoutError, build_dataset
+
+        if train_ds is None:
+            train_ds = build_dataset(cfg.data, split="train")  # type: ignore[arg-type]
+        if val_ds is None and cfg.data:
+            try:
+                val_ds = build_dataset(cfg.data, split="val")
+            except DatasetLayoutError as err:
+                warnings.warn(f"no validation split ({err}); training without evaluation", stacklevel=3)
+    return train_ds, val_ds
+
+
+# --------------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------------
+def _build_model(cfg: TrainConfig, train_ds: Any) -> nn.Module:
+    from segret_zoo.factory import create_model, from_pretrained
+
+    num_classes = cfg.num_classes or getattr(train_ds, "num_classes", None)
+    id2label = cfg.id2label
+    classes = getattr(train_ds, "classes", None)
+    if id2label is None and classes is not None and num_classes is not None and len(classes) == num_classes:
+        id2label = {i: str(c) for i, c in enumerate(classes)}
+    kwargs = dict(cfg.model_kwargs)
+    if Path(cfg.model).exists():  # a save_pretrained folder or weights file: fine-tune it
+        model = from_pretrained(cfg.model, num_classes=num_classes, id2label=id2label, **kwargs)
+        model.train()
+    else:
+        model = create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes,
+                             pretrained_backbone=cfg.pretrained_backbone, checkpoint_path=cfg.checkpoint_path,
+                             id2label=id2label, **kwargs)
+    pcfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(pcfg, dict):  # the exported model should describe how it was trained / is to be tested
+        pcfg["crop_size"] = tuple(cfg.crop_size)
+        pcfg["stride"] = tuple(int(round(c * 2 / 3)) for c in cfg.crop_size)
+        if cfg.scale is not None:
+            pcfg["test_scale"] = tuple(cfg.scale)
+        kind = (cfg.data or "").partition(":")[0]
+        if kind in ("ade20k", "cityscapes", "cocostuff"):
+            from segret_zoo.models.segret import DATASET_DEFAULTS
+
+            pcfg["dataset"] = kind
+            pcfg["reduce_zero_label"] = DATASET_DEFAULTS[kind]["reduce_zero_label"]
+    return model
+
+
+def _resolve_device(name: Optional[str]) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)  # type: ignore[arg-type]
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but no CUDA GPU is visible; use device='cpu'")
+    return device
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# signals, logging
+# --------------------------------------------------------------------------------------------------
+class _SignalStop:
+    """SIGINT/SIGTERM set a flag checked after each step; a second signal aborts at once."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: Dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            self.restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\nreceived {signal.Signals(signum).name}: finishing this iteration and saving a checkpoint "
+              "(send again to abort without saving)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old.clear()
+
+
+def _read_history(path: Path, upto: int) -> List[Dict[str, Any]]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if int(rec.get("iter", 0)) <= upto:
+                records.append(rec)
+    return records
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+# --------------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> Dict[str, Any]:
+    """Train (or resume) a SegRet model; returns ``dict(run_dir, iters, seconds, best_miou, last_miou,
+    best_dir, last_dir, history, interrupted, stop_reason, checkpoint)``.
+
+    Launch with ``torchrun --nproc_per_node N`` for DDP; every rank calls ``train`` with the same config.
+    Raises :class:`NonFiniteLossError` if the loss becomes NaN/inf (nothing of that step is saved).
+    """
+    cfg = resolve_config(cfg)
+    device = _resolve_device(cfg.device)
+    info = D.init_distributed(device.type)
+    if device.type == "cuda" and info.distributed:
+        device = torch.device("cuda", info.local_rank)
+    try:
+        return _Run(cfg, info, device).run()
+    finally:
+        D.cleanup(info)
+
+
+class _Run:
+    def __init__(self, cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.device = device
+        self.run_dir = Path(cfg.out_dir)
+        self.is_main = info.is_main
+        self.history: List[Dict[str, Any]] = []
+        self.best_miou = float("nan")
+        self.last_miou = float("nan")
+        self.best_dir: Optional[Path] = None
+        self.last_ckpt: Optional[Path] = None
+
+    # ---------------------------------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg, info = self.cfg, self.info
+        world = info.world_size
+        if cfg.batch_size % (world * cfg.accum_steps):
+            raise ValueError(f"batch size {cfg.batch_size} (global) must be divisible by processes x accumulation "
+                             f"steps = {world} x {cfg.accum_steps}")
+        self.micro = cfg.batch_size // (world * cfg.accum_steps)
+        if cfg.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp='fp16' needs a CUDA GPU; use amp='bf16' or 'none' on the CPU")
+
+        resume_path = self._resume_path()
+        error = None
+        if self.is_main:
+            try:
+                self._prepare_run_dir(resume_path)
+            except (ValueError, OSError) as err:
+                error = err
+        error = D.broadcast_object(error)  # every rank must stop, not wait for rank 0 at the next collective
+        if error is not None:
+            raise error  # type: ignore[misc]
+
+        _seed_all(cfg.seed)
+        self.train_ds, self.val_ds = _build_datasets(cfg)
+        model = _build_model(cfg, self.train_ds)
+        self.num_classes = int(model.num_classes)
+        ds_classes = getattr(self.train_ds, "num_classes", None)
+        if ds_classes is not None and int(ds_classes) != self.num_classes:
+            raise ValueError(f"the model predicts {self.num_classes} classes but the training data has {ds_classes}; "
+                             "pass num_classes (the classifier is re-initialized)")
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        if info.distributed and cfg.sync_bn:
+            model.decoder = D.convert_sync_batchnorm(model.decoder, self.device.type)
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.module = model
+        _seed_all(cfg.seed + info.rank)  # different dropout / drop-path draws per rank, as mmseg does
+
+        self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult)
+        self.scheduler = build_scheduler(self.optimizer, cfg.iters, cfg.warmup_iters, cfg.warmup_ratio,
+                                         cfg.poly_power, cfg.min_lr, cfg.lr)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        self.class_weights = (torch.as_tensor(list(cfg.class_weights), dtype=torch.float32, device=self.device)
+                              if cfg.class_weights is not None else None)
+        if self.class_weights is not None and self.class_weights.numel() != self.num_classes:
+            raise ValueError(f"class_weights has {self.class_weights.numel()} values for {self.num_classes} classes")
+
+        # peek at the samples' type now: a dataset that draws from the global RNGs must not do so after
+        # they are restored from a checkpoint
+        self.train_mode_raw = not _is_tensor_sample(self.train_ds)
+        self.val_tensors = self.val_ds is not None and _is_tensor_sample(self.val_ds)
+        self.start_iter = 0
+        self.log_acc = [0.0, 0]  # loss sum and iterations since the last log record
+        if resume_path is not None:
+            self._load(resume_path)
+        if self.is_main:
+            self.history = _read_history(self.run_dir / METRICS_FILE, self.start_iter)
+            self._rewrite_history()
+            evals = [r["mIoU"] for r in self.history if r.get("type") == "eval" and r.get("mIoU") is not None]
+            if evals:
+                self.last_miou = float(evals[-1])
+            if (self.run_dir / "best").is_dir():
+                self.best_dir = self.run_dir / "best"
+
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model: nn.Module = DDP(model, device_ids=ids)
+        else:
+            self.model = model
+
+        transform, rng = None, None
+        if self.train_mode_raw:
+            from segret_zoo.data.transforms import build_train_transform
+
+            rng = _SampleRNG(cfg.seed)
+            pcfg = getattr(model, "pretrained_cfg", {}) or {}
+            transform = build_train_transform(
+                crop_size=cfg.crop_size, scale=cfg.scale, mean=pcfg.get("mean", (0.485, 0.456, 0.406)),
+                std=pcfg.get("std", (0.229, 0.224, 0.225)), rng=rng)  # type: ignore[arg-type]
+        self.sampler = D.InfiniteShardedSampler(len(self.train_ds), cfg.batch_size, info.world_size, info.rank,
+                                                cfg.accum_steps, cfg.seed, True, self.start_iter)
+        self.loader = self._make_loader(_TrainView(self.train_ds, transform, rng))
+
+    def _make_loader(self, view: Dataset) -> DataLoader:
+        from segret_zoo.data.transforms import seed_worker
+
+        cfg = self.cfg
+        gen = torch.Generator()
+        gen.manual_seed(cfg.seed + 7919 * self.info.rank + self.start_iter)  # not the global RNG: resume-safe
+        return DataLoader(view, batch_size=self.micro, sampler=self.sampler, num_workers=cfg.workers,
+                          pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker, generator=gen,
+                          persistent_workers=cfg.workers > 0, drop_last=False)
+
+    def _resume_path(self) -> Optional[Path]:
+        resume = self.cfg.resume
+        if not resume:
+            return None
+        if resume == "auto":
+            found = find_last(self.run_dir)
+            if found is None and self.is_main:
+                print(f"resume=auto: no checkpoint in {self.run_dir}, starting from scratch", file=sys.stderr)
+            return found
+        path = Path(resume)
+        if path.is_dir():
+            found = find_last(path)
+            if found is None:
+                raise FileNotFoundError(f"resume: no checkpoints/iter_*.pt in {path}")
+            return found
+        if not path.is_file():
+            raise FileNotFoundError(f"resume: checkpoint {path} not found (pass a file, a run folder or 'auto')")
+        return path
+
+    def _prepare_run_dir(self, resume_path: Optional[Path]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_path is None and list_checkpoints(self.run_dir):
+            if not self.cfg.overwrite:
+                raise ValueError(f"{self.run_dir} already holds a training run; pass resume='auto' (--resume auto) "
+                                 "to continue it, overwrite=True to start over, or another out_dir")
+            for p in list_checkpoints(self.run_dir):
+                p.unlink()
+            for name in (METRICS_FILE, PLOT_FILE):
+                (self.run_dir / name).unlink(missing_ok=True)
+        (self.run_dir / "train_config.json").write_text(json.dumps(config_dict(self.cfg), indent=2) + "\n",
+                                                        encoding="utf-8")
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, self.module, self.optimizer, self.scheduler, self.scaler,
+                                rank=self.info.rank, restore_rng=True)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.info.world_size and self.is_main:
+            warnings.warn(f"resuming a {saved_world}-process run on {self.info.world_size} processes: the schedule "
+                          "and data order continue exactly, random augmentation streams do not", stacklevel=2)
+        saved_iters = int(state.get("config", {}).get("iters", self.cfg.iters))
+        if saved_iters != self.cfg.iters and self.is_main:
+            print(f"resume: the schedule now runs to {self.cfg.iters} iterations (was {saved_iters})", file=sys.stderr)
+        for fn in self.scheduler.lr_lambdas:  # the current config defines the schedule
+            fn.total_iters = int(self.cfg.iters)
+            fn.warmup_iters = int(self.cfg.warmup_iters)
+        self.start_iter = int(state["iteration"])
+        best = state.get("best_metric")
+        self.best_miou = float(best) if best is not None else float("nan")
+        self.log_acc = list(state.get("log_acc", [0.0, 0]))
+        self.last_ckpt = path
+        if self.is_main:
+            print(f"resumed from {path} at iteration {self.start_iter}", file=sys.stderr)
+
+    # ---------------------------------------------------------------------------------------- logging
+    def _log(self, record: Dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        record = {k: _json_safe(v) for k, v in record.items()}
+        self.history.append(record)
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _rewrite_history(self) -> None:
+        path = self.run_dir / METRICS_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _plot(self) -> None:
+        if self.is_main:
+            try:
+                plot_curves(self.history, self.run_dir / PLOT_FILE)
+            except Exception as err:  # a plot must never kill a long run
+                warnings.warn(f"could not draw {PLOT_FILE}: {err}", stacklevel=2)
+
+    # ---------------------------------------------------------------------------------------- step
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        nb = self.device.type == "cuda"
+        x = x.to(self.device, non_blocking=nb).float()
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=nb).long()
+
+    def _valid_weight(self, y: torch.Tensor) -> torch.Tensor:
+        valid = y != IGNORE_INDEX
+        if self.class_weights is None:
+            return valid.sum().to(torch.float64)
+        return self.class_weights[y[valid].clamp(0, self.num_classes - 1)].to(torch.float64).sum()
+
+    def _step(self, batches: List[Tuple[torch.Tensor, torch.Tensor]], stop_flags: Tuple[float, float]
+              ) -> Tuple[float, bool, bool]:
+        """One optimizer step over ``accum_steps`` micro-batches. Returns (global loss, signal stop, deadline)."""
+        cfg, world = self.cfg, self.info.world_size
+        denom_local = sum((self._valid_weight(y) for _, y in batches), torch.zeros((), dtype=torch.float64,
+                                                                                     device=self.device))
+        denom = D.all_reduce_sum(denom_local).clamp_min(1e-12)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for a, (x, y) in enumerate(batches):
+            sync = (self.model.no_sync() if isinstance(self.model, nn.parallel.DistributedDataParallel)
+                    and a < len(batches) - 1 else contextlib.nullcontext())
+            with sync:
+                with self._autocast():
+                    logits = self.model(x)
+                pixel_sum = F.cross_entropy(logits.float(), y, weight=self.class_weights,
+                                            ignore_index=IGNORE_INDEX, reduction="sum")
+                loss = pixel_sum * (world / denom.to(pixel_sum.dtype))
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            loss_sum += pixel_sum.detach().to(torch.float64)
+        vec = torch.stack([loss_sum, torch.tensor(stop_flags[0], dtype=torch.float64, device=self.device),
+                           torch.tensor(stop_flags[1], dtype=torch.float64, device=self.device)])
+        vec = D.all_reduce_sum(vec)
+        loss_value = float(vec[0] / denom)
+        if not math.isfinite(loss_value):
+            return loss_value, bool(vec[1] > 0), bool(vec[2] > 0)
+        if cfg.clip_grad is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        with warnings.catch_warnings():  # fp16: a skipped first step makes torch warn about the order
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        return loss_value, bool(vec[1] > 0), bool(vec[2] > 0)
+
+    # ---------------------------------------------------------------------------------------- eval / save
+    @torch.no_grad()
+    def _evaluate(self, iteration: int) -> Optional[Dict[str, Any]]:
+        if self.val_ds is None:
+            return None
+        model = self.module
+        was_training = model.training
+        model.eval()
+        start = time.perf_counter()
+        rng_state = capture_rng_state()  # evaluation must not shift the training's random streams
+        try:
+            if self.val_tensors:
+                res = self._evaluate_tensors(model)
+            else:
+                from segret_zoo.evaluate import evaluate
+
+                res = evaluate(model, self.val_ds, device=self.device, progress=False,
+                               distributed=self.info.distributed, dtype=self.amp_dtype)
+        finally:
+            model.train(was_training)
+            restore_rng_state(rng_state)
+        self.last_miou = float(res["mIoU"])
+        self._log({"type": "eval", "iter": iteration, "mIoU": res["mIoU"], "aAcc": res["aAcc"],
+                   "mAcc": res["mAcc"], "seconds": round(time.perf_counter() - start, 3)})
+        if self.is_main and self.cfg.progress:
+            print(f"iter {iteration}: mIoU {res['mIoU']:.2f}  aAcc {res['aAcc']:.2f}  mAcc {res['mAcc']:.2f}",
+                  file=sys.stderr)
+        improved = math.isfinite(self.last_miou) and not (self.best_miou >= self.last_miou)
+        if improved:
+            self.best_miou = self.last_miou
+            if self.is_main:
+                self.module.save_pretrained(self.run_dir / "best")
+                self.best_dir = self.run_dir / "best"
+        return res
+
+    def _evaluate_tensors(self, model: nn.Module) -> Dict[str, Any]:
+        """Fast whole-image evaluation of a dataset of ready (image tensor, mask tensor) pairs."""
+        from segret_zoo.metrics import IoUMetric
+
+        metric = IoUMetric(self.num_classes, ignore_index=IGNORE_INDEX)
+        indices = list(range(len(self.val_ds)))[self.info.rank::self.info.world_size]
+        bs = self.cfg.eval_batch_size or max(1, self.micro)
+        for i in range(0, len(indices), bs):
+            items = [self.val_ds[j] for j in indices[i:i + bs]]
+            x = torch.stack([it[0] for it in items]).to(self.device).float()
+            y = torch.stack([torch.as_tensor(it[1]) for it in items]).to(self.device)
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                logits = model(x)
+            metric.update(logits.argmax(1), y)
+        metric.sync()
+        return metric.compute()
+
+    def _save(self, iteration: int) -> None:
+        rngs = D.all_gather_object(capture_rng_state())
+        if self.is_main:
+            path = self.run_dir / "checkpoints" / checkpoint_name(iteration)
+            save_checkpoint(path, model=self.module, optimizer=self.optimizer, scheduler=self.scheduler,
+                            scaler=self.scaler, iteration=iteration,
+                            best_metric=self.best_miou if math.isfinite(self.best_miou) else None,
+                            config=config_dict(self.cfg), rng_states=rngs, world_size=self.info.world_size,
+                            log_acc=list(self.log_acc))
+            self.last_ckpt = path
+            keep = max(1, int(self.cfg.keep_checkpoints))
+            for old in list_checkpoints(self.run_dir)[:-keep]:
+                old.unlink(missing_ok=True)
+        D.barrier()
+
+    # ---------------------------------------------------------------------------------------- loop
+    def run(self) -> Dict[str, Any]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        self._setup()
+        stopper = _SignalStop()
+        if cfg.handle_signals:
+            stopper.install()
+        try:
+            return self._loop(stopper, t0)
+        finally:
+            stopper.restore()
+
+    def _loop(self, stopper: _SignalStop, t0: float) -> Dict[str, Any]:
+        cfg = self.cfg
+        end = cfg.iters if cfg.stop_at is None else min(cfg.iters, cfg.stop_at)
+        deadline = t0 + cfg.time_budget_s if cfg.time_budget_s is not None else None
+        it = self.start_iter
+        last_eval = last_save = it if self.start_iter else -1
+        stop_reason = "completed" if it >= cfg.iters else None
+        bar = None
+        if cfg.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=end, initial=it, desc="train", unit="it", dynamic_ncols=True)
+        data: Iterator = iter(self.loader)
+        log_t, log_imgs = time.perf_counter(), 0
+        try:
+            while it < end:
+                batches = [self._to_device(*next(data)) for _ in range(cfg.accum_steps)]
+                lr = float(self.optimizer.param_groups[0]["lr"])
+                flags = (float(stopper.signum > 0), float(deadline is not None and time.perf_counter() >= deadline))
+                loss, sig_stop, time_stop = self._step(batches, flags)
+                if not math.isfinite(loss):
+                    self._log({"type": "error", "iter": it + 1, "loss": None, "event": "non-finite loss"})
+                    self._plot()
+                    kept = self.last_ckpt or find_last(self.run_dir)
+                    where = (f"the last good checkpoint is {kept} (resume with --resume auto, e.g. with a lower "
+                             f"--lr or --amp none)" if kept else "no checkpoint had been written yet")
+                    raise NonFiniteLossError(f"loss became {loss} at iteration {it + 1}; stopped without applying "
+                                             f"or saving that update; {where}")
+                it += 1
+                log_imgs += cfg.batch_size
+                self.log_acc[0] += loss
+                self.log_acc[1] += 1
+                if bar is not None:
+                    bar.update(1)
+                    elapsed = max(time.perf_counter() - log_t, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{log_imgs / elapsed:.1f}")
+                if it % cfg.log_interval == 0 or it == end:
+                    now = time.perf_counter()
+                    self._log({"type": "train", "iter": it, "loss": self.log_acc[0] / self.log_acc[1], "lr": lr,
+                               "img_s": round(log_imgs / max(now - log_t, 1e-9), 3),
+                               "time": round(now - t0, 3)})
+                    self.log_acc = [0.0, 0]
+                    log_t, log_imgs = now, 0
+                if sig_stop:
+                    stop_reason = signal.Signals(stopper.signum).name if stopper.signum else "signal"
+                    break
+                if time_stop:
+                    stop_reason = "time_budget"
+                    break
+                if it % cfg.eval_interval == 0 and it < end:
+                    self._evaluate(it)
+                    last_eval = it
+                    self._plot()
+                if it % cfg.ckpt_interval == 0 and it < end:
+                    self._save(it)
+                    last_save = it
+        finally:
+            if bar is not None:
+                bar.close()
+        if stop_reason is None:
+            stop_reason = "completed" if it >= cfg.iters else "stop_at"
+        interrupted = stop_reason not in ("completed", "stop_at", "time_budget")
+        if not interrupted and last_eval != it:
+            self._evaluate(it)
+        if last_save != it or self.last_ckpt is None:
+            self._save(it)
+        if self.is_main:
+            self.module.save_pretrained(self.run_dir / "last")
+            if self.val_ds is None:
+                self.best_dir = None
+        self._plot()
+        D.barrier()
+        signum = stopper.signum if interrupted else 0
+        if self.is_main:
+            msg = {"completed": "finished", "stop_at": f"stopped at iteration {it} (stop_at)",
+                   "time_budget": "time budget reached"}.get(stop_reason, f"interrupted by {stop_reason}")
+            print(f"{msg}: {it}/{cfg.iters} iterations; checkpoint {self.last_ckpt}; model exported to "
+                  f"{self.run_dir / 'last'}", file=sys.stderr)
+        return {
+            "run_dir": str(self.run_dir), "iters": it, "seconds": time.perf_counter() - t0,
+            "best_miou": self.best_miou, "last_miou": self.last_miou,
+            "best_dir": str(self.best_dir) if self.best_dir is not None else None,
+            "last_dir": str(self.run_dir / "last"), "history": list(self.history),
+            "interrupted": interrupted, "stop_reason": stop_reason, "signal": signum,
+            "checkpoint": str(self.last_ckpt) if self.last_ckpt is not None else None,
+            "world_size": self.info.world_size,
+        }
