@@ -12,10 +12,22 @@ Both are exactly what :func:`torch.nn.functional.scaled_dot_product_attention` c
 mask, so that fused kernel does the work. The position tensors are not buffers: they are derived
 from the stage's config and the feature-map size once per forward and stage
 (:func:`retention_positions`) in the input's dtype and device, and shared by the stage's blocks.
-"""
-from __future__ import annotations
 
-from typing import Tuple
+Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
+
+* the masks are 4-D (``1 x N x L x S``): with a 3-D mask torch dispatches to the unfused "math"
+  SDPA, which materializes every score matrix; with 4-D it runs the fused flash kernel;
+* q/k/v are passed to SDPA as strided views of the ``B x H x W x N x d`` projections (the kernel
+  takes any strides with a unit last dim), so no permute copies are made;
+* the rotary shift of a pair ``(a, b)`` is the complex product ``(a + ib)(cos + i sin)``: one
+  in-place kernel over q and k together in eager mode, instead of the five of
+  ``x*cos + rot(x)*sin`` (whose ``rot`` is a slow stride-2 shuffle). Scripting, tracing,
+  ``torch.export``/``torch.compile``/ONNX and dtypes without a complex counterpart (bf16, fp16)
+  use the same formula written with real tensors;
+* the sin/cos tables span all heads (``C/2`` pairs, not ``head_dim/2``), so the elementwise
+  kernels run over long contiguous rows instead of broadcasting over heads every 8-16 values.
+"""
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +43,12 @@ def head_decays(num_heads: int, init_value: float, heads_range: float, device: t
     return torch.log(1 - 2 ** (-init_value - heads_range * heads / num_heads))
 
 
-def _rotary_angles(head_dim: int, device: torch.device) -> torch.Tensor:
-    """``head_dim / 2`` frequencies ``1 / 10000^linspace(0, 1)``, each repeated twice (interleaved), float32."""
-    angle = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 2, device=device))
-    return angle.unsqueeze(-1).repeat(1, 2).flatten()
+def _rotary_frequencies(head_dim: int, device: torch.device) -> torch.Tensor:
+    """The ``head_dim / 2`` rotary frequencies ``1 / 10000^linspace(0, 1)``, one per channel pair, float32.
+
+    The official code repeats each twice (one per channel of the pair); the values are the same.
+    """
+    return 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 2, device=device))
 
 
 @register_notrace_function
@@ -51,24 +65,25 @@ def retention_positions(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rotary tables and decay biases for one stage, computed in float32 and cast to ``dtype``.
 
-    Returns ``(sin, cos, bias_a, bias_b)``: ``sin``/``cos`` are ``H x W x 1 x head_dim`` (broadcast
-    over heads in the ``B x H x W x N x d`` layout). In decomposed mode ``bias_a`` is the row
+    Returns ``(sin, cos, bias_a, bias_b)``. ``sin``/``cos`` are ``H x W x 1 x C/2`` (``C = num_heads *
+    head_dim``), one value per channel pair of all heads, for the ``B x H x W x 2 x C`` stack of q and
+    k; they are the two interleaved halves of one ``H x W x 1 x C/2 x 2`` ``(cos, sin)`` table, so
+    :func:`theta_shift` can view them as one complex table. In decomposed mode ``bias_a`` is the row
     (width) bias ``1 x N x W x W`` and ``bias_b`` the column (height) bias ``1 x N x H x H``; in full
-    mode both are the ``1 x N x HW x HW`` Manhattan bias. float32 arithmetic follows the official code, so the
-    tables are bit-identical to those its released weights were trained with.
+    mode both are the ``1 x N x HW x HW`` Manhattan bias. The float32 arithmetic follows the official
+    code, so the tables are bit-identical to those its released weights were trained with.
     """
     index = torch.arange(height * width, dtype=torch.float32, device=device)
-    phase = index[:, None] * _rotary_angles(head_dim, device)[None, :]
-    sin = torch.sin(phase).reshape(height, width, 1, head_dim).to(dtype)
-    cos = torch.cos(phase).reshape(height, width, 1, head_dim).to(dtype)
+    phase = index[:, None] * _rotary_frequencies(head_dim, device)[None, :]  # HW x d/2
+    table = torch.stack((torch.cos(phase), torch.sin(phase)), dim=-1)  # HW x d/2 x 2
+    table = table.repeat(1, num_heads, 1).reshape(height, width, 1, num_heads * head_dim // 2, 2).to(dtype)
+    cos, sin = table.unbind(-1)
 
     decay = head_decays(num_heads, init_value, heads_range, device)[None, :, None, None]
     rows = torch.arange(height, dtype=torch.float32, device=device)
     cols = torch.arange(width, dtype=torch.float32, device=device)
     dist_h = (rows[:, None] - rows[None, :]).abs()
     dist_w = (cols[:, None] - cols[None, :]).abs()
-    # 4-D (1 x N x L x S) masks: with a 3-D mask torch's CPU dispatcher skips the fused
-    # (flash) kernel and runs the unfused "math" path, which materializes every score matrix
     if decomposed:
         return sin, cos, (dist_w * decay).to(dtype), (dist_h * decay).to(dtype)
     length = height * width
@@ -78,23 +93,74 @@ def retention_positions(
 
 
 def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
-    """``rot(x)[2k] = -x[2k+1]``, ``rot(x)[2k+1] = x[2k]`` along the last dim."""
+    """``rot(x)[2k] = -x[2k+1]``, ``rot(x)[2k+1] = x[2k]`` along the last dim (reference helper)."""
     pairs = x.unflatten(-1, (-1, 2))
     return torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
 
 
+def _complex_ok(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> bool:
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    return _eager_complex_ok(x, sin, cos)
+
+
+@torch.jit.unused
+def _eager_complex_ok(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> bool:
+    """The complex product needs an eager run, a dtype with a complex counterpart, and ``sin``/``cos``
+    interleaved in one buffer (as :func:`retention_positions` makes them)."""
+    if torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    if x.dtype not in (torch.float32, torch.float64) or sin.dtype != x.dtype or cos.dtype != x.dtype:
+        return False
+    if x.device.type == "meta" or sin.shape != cos.shape or sin.stride() != cos.stride() or cos.stride(-1) != 2:
+        return False
+    if sin.data_ptr() != cos.data_ptr() + cos.element_size() or cos.storage_offset() % 2:
+        return False
+    return x.stride(-1) == 1 and x.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in x.stride()[:-1])
+
+
+@torch.jit.unused
+def _theta_shift_complex(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    table = torch.view_as_complex(cos.as_strided(tuple(cos.shape) + (2,), tuple(cos.stride()) + (1,)))
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * table).flatten(-2)
+
+
+@torch.jit.unused
+def _theta_shift_complex_(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    table = torch.view_as_complex(cos.as_strided(tuple(cos.shape) + (2,), tuple(cos.stride()) + (1,)))
+    torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(table)
+    return x
+
+
+@register_notrace_function
+def theta_shift_(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """:func:`theta_shift` that may overwrite ``x`` (when the complex product applies); returns the result."""
+    if _complex_ok(x, sin, cos):
+        return _theta_shift_complex_(x, sin, cos)
+    return theta_shift(x, sin, cos)
+
+
+@register_notrace_function
 def theta_shift(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotary position shift ``x * cos + rot(x) * sin``."""
-    return x * cos + rotate_every_two(x) * sin
+    """Rotary position shift ``x * cos + rot(x) * sin``, with one ``sin``/``cos`` value per channel pair.
+
+    Per pair ``(a, b)``: ``(a cos - b sin, b cos + a sin)``, i.e. ``(a + ib)(cos + i sin)``.
+    """
+    if _complex_ok(x, sin, cos):
+        return _theta_shift_complex(x, sin, cos)
+    pairs = x.unflatten(-1, (-1, 2))
+    a, b = pairs[..., 0], pairs[..., 1]
+    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
 
 
 class ManhattanSelfAttention(nn.Module):
     """MaSA with a locally-enhanced position term: ``out_proj(retention(q, k, v) + dwconv5x5(v))``.
 
-    Tokens are channels-last (``B x H x W x C``). ``q``, ``k`` and ``v`` come from one fused linear
-    layer (one GEMM instead of three; the official checkpoints' separate projections are
-    concatenated on load). The key scale ``head_dim^-0.5`` is given to the attention kernel instead
-    of multiplying ``k``: the rotary shift is linear, so the result is the same.
+    Tokens are channels-last (``B x H x W x C``). ``q``, ``k`` and ``v`` share one fused linear layer
+    (the official checkpoints' separate projections are concatenated on load), applied as two GEMMs
+    on its row blocks: ``[q; k]`` (rotated in place) and ``v`` (dense for the depthwise ``lepe``
+    conv). The key scale ``head_dim^-0.5`` is given to the attention kernel instead of multiplying
+    ``k``: the rotary shift is linear, so the result is the same.
     """
 
     def __init__(
@@ -129,25 +195,29 @@ class ManhattanSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, H, W, C = x.shape
         N, d = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).unflatten(-1, (3, N, d)).unbind(3)  # each B x H x W x N x d (views)
-        lepe = self.lepe(v.flatten(3).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        q = theta_shift(q, sin, cos)
-        k = theta_shift(k, sin, cos)
+        # q/k and v from two GEMMs on row blocks of the fused weight: v comes out dense for the
+        # depthwise conv, and q/k can be rotated in place (the GEMM does not keep its output for backward)
+        weight, bias = self.qkv.weight, self.qkv.bias
+        qk = F.linear(x, weight[:2 * C], bias[:2 * C]).unflatten(-1, (2, C))  # B x H x W x 2 x C
+        v = F.linear(x, weight[2 * C:], bias[2 * C:])
+        lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        qk = theta_shift_(qk, sin, cos)
+        q, k = qk.unflatten(-1, (N, d)).unbind(3)  # B x H x W x N x d views
+        v = v.unflatten(-1, (N, d))
 
-        # All q/k/v below are strided views of B x H x W x N x d tensors: the CPU flash kernel takes
-        # any strides with a unit last dim, so no permute copies are made (except for the column
-        # pass with B > 1, where (B, W) cannot be merged into one batch dim without a copy).
+        # q/k/v stay strided views: the flash kernel takes any strides with a unit last dim, so no
+        # permute copies are made (except in the column pass when B > 1: (B, W) is not one batch dim)
         if self.decomposed:
             # along each row (sequence = W), then along each column (sequence = H) of that result
             q_row, k_row, v_row = (t.transpose(2, 3).reshape(B * H, N, W, d) for t in (q, k, v))
             rows = F.scaled_dot_product_attention(q_row, k_row, v_row, attn_mask=bias_a, scale=self.scale)
-            rows = rows.reshape(B, H, N, W, d)
-            q_col, k_col, v_col = (t.permute(0, 2, 3, 1, 4).reshape(B * W, N, H, d)
-                                    for t in (q, k, rows.transpose(2, 3)))
-            out = F.scaled_dot_product_attention(q_col, k_col, v_col, attn_mask=bias_b, scale=self.scale)
+            cols: List[torch.Tensor] = [
+                t.permute(0, 2, 3, 1, 4).reshape(B * W, N, H, d)
+                for t in (q, k, rows.reshape(B, H, N, W, d).transpose(2, 3))]
+            out = F.scaled_dot_product_attention(cols[0], cols[1], cols[2], attn_mask=bias_b, scale=self.scale)
             out = out.reshape(B, W, N, H, d).permute(0, 3, 1, 2, 4).flatten(3)
         else:
             q_all, k_all, v_all = (t.reshape(B, H * W, N, d).transpose(1, 2) for t in (q, k, v))
             out = F.scaled_dot_product_attention(q_all, k_all, v_all, attn_mask=bias_a, scale=self.scale)
             out = out.transpose(1, 2).reshape(B, H, W, C)
-        return self.proj(out + lepe)
+        return self.proj(lepe.add_(out))  # in place: the conv keeps no output for backward
