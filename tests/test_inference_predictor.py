@@ -140,8 +140,12 @@ def test_slide_equals_whole_when_one_window_covers_the_image(model, hw):
     rgb = random_image(h, w, seed=2)
     whole = Segmenter(model, mode="whole")(rgb, return_probs=True)
     slide = Segmenter(model, mode="slide", crop_size=(300, 300), stride=(200, 200))(rgb, return_probs=True)
-    np.testing.assert_array_equal(slide[0], whole[0])
     np.testing.assert_allclose(slide[1], whole[1], atol=1e-6)
+    # labels agree wherever the top two classes are further apart than float rounding
+    top2 = np.sort(whole[1], axis=0)[-2:]
+    decided = (top2[1] - top2[0]) > 1e-5
+    assert decided.mean() > 0.999
+    np.testing.assert_array_equal(slide[0][decided], whole[0][decided])
     assert slide[0].shape == (h, w)
 
 
