@@ -69,10 +69,11 @@ class ZIRDecoder(nn.Module):
             raise ValueError(f"the decoder takes {len(self.in_channels)} feature maps, got {len(features)}")
         size = features[0].shape[-2:]
         if self.fused:
+            # folded = inference only: accumulate in place (no fresh stride-4 buffer per level)
             y = self.folded[0](features[0])
             for proj, f in zip(self.folded[1:], features[1:]):
-                y = y + F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False)
-            y = F.relu(y)
+                y.add_(F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False))
+            y = F.relu_(y)
         else:
             levels: List[torch.Tensor] = []
             for i, (linear, zir, f) in enumerate(zip(self.linears, self.zir, features)):

@@ -78,7 +78,11 @@ class Stem(nn.Module):
         self.bn4 = nn.BatchNorm2d(dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_image_batch(x, self.in_chans)
+        # channels_last: the convs run oneDNN's NHWC kernels and the tokens leave the stem as a
+        # contiguous B x H x W x C tensor. From an NCHW stem, every stage's tokens would be an NCHW
+        # buffer seen through a permute: each LayerNorm then copies, and the depthwise convs run
+        # ~4x slower NCHW kernels.
+        x = check_image_batch(x, self.in_chans).contiguous(memory_format=torch.channels_last)
         x = F.gelu(self.bn1(self.conv1(x)))
         x = F.gelu(self.bn2(self.conv2(x)))
         x = F.gelu(self.bn3(self.conv3(x)))
