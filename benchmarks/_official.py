@@ -1,10 +1,11 @@
 """Load the official RMT code (github.com/qhfan/RMT, ``classfication_release/RMT.py``) for comparisons.
 
-The official file is never part of this repository (its licence and its training-only imports
-keep it out): point ``--official PATH`` or ``SEGRET_ZOO_OFFICIAL_RMT`` at a local copy. Its
-``fvcore`` / ``einops`` imports are only used for FLOP printing, so missing ones are replaced by
-empty stand-in modules; the deprecated ``timm.models.layers`` / ``timm.models.registry`` aliases
-still work with timm 1.x.
+The official file is not part of this repository: point ``--official PATH`` or
+``SEGRET_ZOO_OFFICIAL_RMT`` at a local copy. It imports ``fvcore`` (FLOP printing) and ``einops``
+(unused by the model); when they are not installed, empty stand-in modules take their place. Its
+deprecated ``timm.models.layers`` / ``timm.models.registry`` imports still work with timm 1.x.
+The variants are built with ``VisRetNet(...)`` and this package's configs (the official
+constructors ``RMT_T3`` / ``RMT_S`` / ``RMT_M2`` / ``RMT_L6`` hold the same numbers).
 
 Weights go official -> ours: a randomized official model's state dict is converted with
 :func:`segret_zoo.models.rmt.checkpoint_filter_fn` (so every comparison also tests the converter).
@@ -26,10 +27,6 @@ ENV_VAR = "SEGRET_ZOO_OFFICIAL_RMT"
 SKIP_NOTE = (
     "official RMT code not given: pass --official /path/to/RMT.py (classfication_release/RMT.py of "
     f"github.com/qhfan/RMT) or set {ENV_VAR}; official columns skipped")
-
-# official constructor names for the four variants (classfication_release/RMT.py)
-OFFICIAL_NAMES = {"rmt_t": "RMT_T3", "rmt_s": "RMT_S", "rmt_b": "RMT_M2", "rmt_l": "RMT_L6"}
-
 
 def official_path(cli_value: Optional[str] = None) -> Optional[str]:
     """The official RMT.py path from the command line or the environment, or None."""

@@ -135,22 +135,32 @@ def wait_idle(max_wait_s: float, window_s: float = 1.0, threshold: float = 0.05)
             return share
 
 
-def time_interleaved(fns: Dict[str, Callable[[torch.Tensor], Any]], size: Size, iters: int, warmup: int = 1
+def time_interleaved(fns: Dict[str, Callable[[torch.Tensor], Any]], size: Size, iters: int, warmup: int = 1,
+                     clean: int = 0, max_seconds: float = 600.0, clean_share: float = 0.05
                      ) -> Dict[str, Dict[str, Any]]:
     """Median and min seconds per column; columns interleaved, order rotated every round.
 
-    Also records, per forward, the share of the machine's CPU time used by *other* processes
-    (``others``): on a shared machine, forwards with ``others`` near 0 are the trustworthy ones.
+    Each forward also records the share of the machine's CPU time used by *other* processes
+    meanwhile (``others``). With ``clean > 0``, rounds continue (up to ``max_seconds``) until every
+    column has ``clean`` forwards with ``others < clean_share``, and the medians are taken over those
+    ("clean") forwards: on a shared machine a multi-threaded forward whose thread shares a core with
+    another job waits at every parallel region, which says nothing about the code.
     """
     x = torch.randn(1, 3, *size)
     names = list(fns)
     times: Dict[str, List[float]] = {n: [] for n in names}
     others: Dict[str, List[float]] = {n: [] for n in names}
+    start = time.monotonic()
+
+    def n_clean(n: str) -> int:
+        return sum(o < clean_share for o in others[n])
+
     with torch.inference_mode():
         for _ in range(warmup):
             for n in names:
                 fns[n](x)
-        for i in range(iters):
+        i = 0
+        while i < iters or (clean and min(map(n_clean, names)) < clean and time.monotonic() - start < max_seconds):
             for n in names[i % len(names):] + names[:i % len(names)]:
                 busy0, total0, own0 = _cpu_ticks()
                 t0 = time.perf_counter()
@@ -158,9 +168,15 @@ def time_interleaved(fns: Dict[str, Callable[[torch.Tensor], Any]], size: Size, 
                 times[n].append(time.perf_counter() - t0)
                 busy1, total1, own1 = _cpu_ticks()
                 others[n].append(max(0, (busy1 - busy0) - (own1 - own0)) / max(1, total1 - total0))
-    return {n: {"median_s": statistics.median(t), "min_s": min(t), "all_s": t,
-                "others_share": others[n], "others_share_mean": statistics.mean(others[n])}
-            for n, t in times.items()}
+            i += 1
+    out: Dict[str, Dict[str, Any]] = {}
+    for n in names:
+        sel = [t for t, o in zip(times[n], others[n]) if o < clean_share] if clean else []
+        use = sel if clean and len(sel) >= min(clean, 3) else times[n]
+        out[n] = {"median_s": statistics.median(use), "min_s": min(times[n]), "all_s": times[n],
+                  "others_share": others[n], "others_share_mean": statistics.mean(others[n]),
+                  "clean_only": use is sel, "samples": len(use)}
+    return out
 
 
 def _proc_kb(field: str) -> int:
@@ -249,11 +265,13 @@ def print_tables(res: Dict[str, Any]) -> None:
         for s, t in r["latency"].items():
             f, p, o = t.get("fast"), t.get("plain"), t.get("official")
             load = statistics.mean(c["others_share_mean"] for c in t.values())
+            clean = " (clean only)" if all(c.get("clean_only") for c in t.values()) else ""
             print(f"| {v} | {s} | {ms(f)} | {ms(p)} | {ms(o)} | "
                   f"{ratio(p and p['median_s'], f['median_s'])} | {ratio(o and o['median_s'], f['median_s'])} | "
-                  f"{load * 100:.0f}% |")
+                  f"{load * 100:.0f}%{clean} |")
     print("(other load: mean share of the machine's CPU time used by other processes during the timed "
-          "forwards; above ~10% the timings of a multi-threaded run are inflated by scheduling waits)")
+          "forwards; above ~10% the timings of a multi-threaded run are inflated by scheduling waits. "
+          "'clean only': medians over the forwards with other processes idle, see --clean)")
 
     if res.get("memory"):
         print("\n### Peak memory: resident-set growth of one forward (MB, fresh process per cell)")
@@ -293,6 +311,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--check-size", default="200x232", help="input of the output check vs the official code")
     parser.add_argument("--quick", action="store_true", help="rmt_t only, 256x256, 3 iterations, memory at 512x512")
     parser.add_argument("--json", default=None, help="write all numbers here")
+    parser.add_argument("--clean", type=int, default=0, metavar="K",
+                        help="time until every column has K forwards with other processes idle (< 5%% of the "
+                             "machine) and report medians over those; for shared machines")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="time limit per row for --clean")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                         help="before each latency row wait up to S seconds for the other processes to go idle")
     parser.add_argument("--_memory-child", nargs=5, default=None, help=argparse.SUPPRESS)
@@ -335,7 +357,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 continue
             if args.wait_idle > 0:
                 wait_idle(args.wait_idle)
-            entry["latency"][fmt_size(size)] = time_interleaved(fns, size, args.iters)
+            entry["latency"][fmt_size(size)] = time_interleaved(fns, size, args.iters, clean=args.clean,
+                                                                max_seconds=args.max_seconds)
             print(f"{variant} {fmt_size(size)}: " + ", ".join(
                 f"{k} {v['median_s'] * 1e3:.0f} ms" for k, v in entry["latency"][fmt_size(size)].items()),
                 file=sys.stderr)

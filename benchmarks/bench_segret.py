@@ -139,6 +139,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--iters", type=int, default=7)
     parser.add_argument("--num-classes", type=int, default=150)
     parser.add_argument("--no-segformer", action="store_true")
+    parser.add_argument("--clean", type=int, default=0, metavar="K",
+                        help="time until each model has K forwards with other processes idle; report those "
+                             "(see bench_rmt.py --clean)")
+    parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                         help="wait up to S seconds for other processes to go idle before timing")
     parser.add_argument("--json", default=None)
@@ -166,7 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.wait_idle > 0:
         wait_idle(args.wait_idle)
     fns: Dict[str, Callable[[torch.Tensor], Any]] = dict(models)
-    timing = time_interleaved(fns, size, args.iters)
+    timing = time_interleaved(fns, size, args.iters, clean=args.clean, max_seconds=args.max_seconds)
     ours = timing["segret_tiny"]["median_s"]
     other = statistics.mean(t["others_share_mean"] for t in timing.values())
 
@@ -176,16 +180,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if check:
         print(f"segret_tiny vs straightforward logits: max abs err {check['max_abs_err']:.2e} "
               f"(max |logit| {check['max_abs']:.1f})")
-    print("\n| model | params (M) | ms (median) | ms (min) | segret_tiny / model | bar |")
-    print("|---|---|---|---|---|---|")
+    print("\n| model | params (M) | ms (median) | ms (min) | samples | segret_tiny / model | bar |")
+    print("|---|---|---|---|---|---|---|")
     bars = {"straightforward": 0.5, "segformer_b1": 1.2}
     for name, t in timing.items():
         rel = ours / t["median_s"]
         bar = ""
         if name in bars:
             bar = f"<= {bars[name]}: {'PASS' if rel <= bars[name] else 'FAIL'}"
+        samples = f"{t['samples']}" + (" clean" if t["clean_only"] else "")
         print(f"| {name} | {params[name] / 1e6:.2f} | {t['median_s'] * 1e3:.0f} | {t['min_s'] * 1e3:.0f} | "
-              f"{rel:.2f} | {bar} |")
+              f"{samples} | {rel:.2f} | {bar} |")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "threads": args.threads, "size": fmt_size(size), "iters": args.iters, "params": params,
