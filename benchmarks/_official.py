@@ -115,7 +115,7 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             if name.endswith(("q_proj", "k_proj")):
                 gain = 3.0  # attention logits O(1): the softmax and the decay bias both matter
             elif name.endswith(("out_proj", "fc2", "pos.conv")):
-                gain = 0.2  # residual branches: keep activations O(1) through 25+ blocks
+                gain = 0.1  # residual branches: keep activations O(1-10) through 25+ blocks
             mod.weight.copy_(randn(mod.weight.shape, gain / fan_in ** 0.5))
             if mod.bias is not None:
                 mod.bias.copy_(randn(mod.bias.shape, 0.1))
@@ -129,7 +129,7 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             mod.bias.copy_(randn(mod.bias.shape, 0.1))
     for name, param in model.named_parameters():
         if name.endswith(("gamma_1", "gamma_2", "ls1.gamma", "ls2.gamma")):
-            param.copy_(rand(param.shape, 0.1, 0.5))
+            param.copy_(rand(param.shape, 0.2, 0.6))
     return model
 
 

@@ -258,6 +258,12 @@ def print_tables(res: Dict[str, Any]) -> None:
               f"{r['params_total'] / 1e6:.2f} | {flops} |")
     print("(FLOPs: torch.utils.flop_counter.FlopCounterMode; counts matmuls, convs and SDPA, not elementwise ops)")
 
+    if any(r["latency"] for r in res["variants"].values()):
+        print_latency(res)
+    print_memory_and_check(res)
+
+
+def print_latency(res: Dict[str, Any]) -> None:
     print("\n### Latency, stage features, batch 1 (ms: median (min) of interleaved runs)")
     print("| variant | size | fast | plain | official | plain / fast | official / fast | other load |")
     print("|---|---|---|---|---|---|---|---|")
@@ -273,6 +279,8 @@ def print_tables(res: Dict[str, Any]) -> None:
           "forwards; above ~10% the timings of a multi-threaded run are inflated by scheduling waits. "
           "'clean only': medians over the forwards with other processes idle, see --clean)")
 
+
+def print_memory_and_check(res: Dict[str, Any]) -> None:
     if res.get("memory"):
         print("\n### Peak memory: resident-set growth of one forward (MB, fresh process per cell)")
         print("| variant | size | fast | plain | official | fast / plain | fast / official |")
