@@ -7,7 +7,7 @@ Columns (batch 1, logits bilinearly upsampled to the input size for all three):
 * ``segret_tiny``: this package, eval mode, ZIR folded (``model.fuse_zir()``);
 * ``straightforward``: the official RMT code's backbone (github.com/qhfan/RMT
   ``classfication_release/RMT.py``; stage outputs via hooks) + per-stage LayerNorm + the ZIR decoder
-  written exactly as the equations of DESIGN.md §1.2, unfolded (:class:`EquationDecoder`), with
+  written exactly as the SegRet paper's decoder equations, unfolded (:class:`EquationDecoder`), with
   the same weights as ``segret_tiny`` (the script checks that the logits agree);
 * ``segformer_b1``: ``transformers``' ``SegformerForSemanticSegmentation`` built from a
   ``SegformerConfig`` for B1 (13.7M parameters, random weights, nothing downloaded).
@@ -39,7 +39,7 @@ from segret_zoo.models.segret import SegRet  # noqa: E402
 
 
 class EquationDecoder(nn.Module):
-    """The ZIR decoder exactly as written (DESIGN.md §1.2), nothing folded::
+    """The ZIR decoder exactly as the paper writes it, nothing folded::
 
         F_i  = Linear_i(f_i)            F'_i = F_i + Z_i(f_i)
         M    = concat_i(upsample(F'_i, stride 4))

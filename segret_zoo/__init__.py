@@ -2,13 +2,12 @@
 
 ``import segret_zoo`` registers ``rmt_t``/``rmt_s``/``rmt_b``/``rmt_l`` with timm.
 """
-__version__ = "0.1.0"
-
 from segret_zoo import models  # noqa: E402,F401  (registers the RMT variants with timm)
 from segret_zoo.factory import create_model, from_pretrained, list_models, list_pretrained  # noqa: E402
 from segret_zoo.inference.predictor import Segmenter  # noqa: E402
 from segret_zoo.metrics import IoUMetric  # noqa: E402
 from segret_zoo.models.segret import SegRet  # noqa: E402
+from segret_zoo.version import __version__  # noqa: E402
 
 __all__ = [
     "__version__", "create_model", "from_pretrained", "list_models", "list_pretrained",

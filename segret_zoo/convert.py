@@ -1,4 +1,4 @@
-"""``segret-zoo convert-rmt``: official RMT checkpoint (``.pth``) -> ``model.safetensors`` + ``config.json``.
+"""Official RMT checkpoint (``.pth``) -> ``model.safetensors`` + ``config.json`` (``segret-zoo convert-rmt``).
 
 The output folder is what the Hub repo ``<org>/rmt_<size>.in1k`` holds: timm loads it with
 ``timm.create_model("hf-hub:<org>/rmt_t.in1k", pretrained=True)`` (after ``import segret_zoo``),
@@ -8,16 +8,18 @@ backbone checkpoint keeps its per-stage norms as ``feature_norms.*`` so that
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
 import timm
+from safetensors.torch import save_file
+from timm.models._hub import save_config_for_hf
 
-from segret_zoo.hub.io import read_state_dict
+from segret_zoo.errors import CheckpointError
+from segret_zoo.files import write_files_atomic
+from segret_zoo.hub.download import CONFIG_NAME, WEIGHTS_NAME
+from segret_zoo.hub.weights import read_state_dict
 from segret_zoo.models.rmt import (
     RMT_CONFIGS,
     checkpoint_filter_fn,
@@ -26,7 +28,7 @@ from segret_zoo.models.rmt import (
     remap_official_state_dict,
 )
 
-__all__ = ["convert_rmt_checkpoint", "add_cli"]
+__all__ = ["convert_rmt_checkpoint"]
 
 
 def convert_rmt_checkpoint(
@@ -39,17 +41,14 @@ def convert_rmt_checkpoint(
     The converted weights are loaded into a freshly built timm model with ``strict=True``, so a
     checkpoint that does not convert losslessly fails here rather than at load time.
     """
-    from safetensors.torch import save_file
-    from timm.models._hub import save_config_for_hf
-
     src = Path(checkpoint)
     raw = read_state_dict(src, use_ema=use_ema)
     if not is_official_layout(raw) and not any(k.startswith("stem.") for k in raw):
-        raise ValueError(f"{src} is not an RMT checkpoint (no patch_embed./layers. or stem./stages. keys)")
+        raise CheckpointError(f"{src} is not an RMT checkpoint (no patch_embed./layers. or stem./stages. keys)")
     converted = remap_official_state_dict(raw) if is_official_layout(raw) else dict(raw)
     variant = infer_rmt_variant(converted)
     if variant not in RMT_CONFIGS:
-        raise ValueError(f"{src} holds {variant}, which is none of the zoo's variants {sorted(RMT_CONFIGS)}")
+        raise CheckpointError(f"{src} holds {variant}, which is none of the zoo's variants {sorted(RMT_CONFIGS)}")
     head = converted.get("head.fc.weight")
     num_classes = int(head.shape[0]) if head is not None else 0
     model = timm.create_model(variant, num_classes=num_classes)
@@ -60,12 +59,10 @@ def convert_rmt_checkpoint(
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     tensors.update({k: v.contiguous() for k, v in converted.items() if k.startswith("feature_norms.")})
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".convert-") as tmp:
-        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt", "source": src.name})
-        save_config_for_hf(model, os.path.join(tmp, "config.json"))
-        for name in ("model.safetensors", "config.json"):
-            os.replace(os.path.join(tmp, name), out / name)
+    write_files_atomic(out, [
+        (WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt", "source": src.name})),
+        (CONFIG_NAME, lambda p: save_config_for_hf(model, str(p))),
+    ])
     summary = {
         "variant": variant,
         "num_classes": num_classes,
@@ -74,29 +71,3 @@ def convert_rmt_checkpoint(
         "out_dir": str(out),
     }
     return summary
-
-
-def _run(args: argparse.Namespace) -> int:
-    from segret_zoo.cli import UserError
-
-    if not Path(args.checkpoint).is_file():
-        raise UserError(f"checkpoint not found: {args.checkpoint} (give the path of the official RMT .pth)")
-    summary = convert_rmt_checkpoint(args.checkpoint, args.out_dir, use_ema=args.ema)
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {summary['out_dir']}/model.safetensors and config.json; load with "
-          f"timm.create_model('{summary['variant']}', pretrained=True, "
-          f"pretrained_cfg_overlay=dict(file='{summary['out_dir']}/model.safetensors'))")
-    return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "convert-rmt",
-        help="convert an official RMT checkpoint to model.safetensors + config.json",
-        description="Convert an official RMT checkpoint (classification .pth with 'model'/'model_ema', or the "
-                    "mmsegmentation backbone with 'backbone.' keys) into this project's layout, ready to publish.")
-    p.add_argument("checkpoint", help="official checkpoint (.pth/.pt/.safetensors)")
-    p.add_argument("out_dir", help="output folder (created); receives model.safetensors and config.json")
-    p.add_argument("--ema", action="store_true", help="use the 'model_ema' weights when the file has both")
-    p.set_defaults(func=_run)
-

@@ -1,4 +1,4 @@
-"""Evaluate a segmentation model on a dataset the way the papers do: ``evaluate()`` and ``segret-zoo eval``.
+"""Evaluate a segmentation model on a dataset the way the papers do (``segret-zoo eval`` drives it).
 
 Each image is predicted at its original resolution by the inference :class:`~segret_zoo.inference.
 predictor.Segmenter` (keep-ratio resize to the test scale, whole or sliding-window inference,
@@ -9,8 +9,6 @@ values keyed by class name; ``null`` where a class is undefined, because JSON ha
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import time
@@ -20,9 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from segret_zoo.files import write_json_atomic
+from segret_zoo.inference.predictor import Segmenter
 from segret_zoo.metrics import IoUMetric
 
-__all__ = ["add_cli", "evaluate", "format_table", "run_eval", "write_metrics"]
+__all__ = ["evaluate", "format_table", "write_metrics"]
 
 
 def _raw_sample(dataset: Any, index: int) -> tuple:
@@ -105,8 +105,6 @@ def _evaluate(model: torch.nn.Module, dataset: Any, num_classes: int, *, mode: s
               progress: bool, limit: Optional[int], dtype: Any, scales: Optional[Sequence[float]],
               distributed: bool, predictor: Optional[Callable[[np.ndarray], np.ndarray]]) -> Dict[str, Any]:
     if predictor is None:
-        from segret_zoo.inference.predictor import Segmenter
-
         predictor = Segmenter(model, mode=mode, tta=tta, device=device, dtype=dtype, scales=scales).predict
 
     indices: Sequence[int] = range(len(dataset) if limit is None else min(int(limit), len(dataset)))
@@ -185,80 +183,4 @@ def write_metrics(results: Dict[str, Any], path: os.PathLike, extra: Optional[Di
         "seconds": results.get("seconds"),
     }
     doc.update(extra or {})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-def _load_model(name: str, checkpoint: Optional[str], num_classes: int) -> torch.nn.Module:
-    """Build the model ``segret-zoo eval`` was asked for (the same resolution as ``predict``).
-
-    A ``--checkpoint`` weights file for a zoo name gets a head with the dataset's class count, since
-    fine-tuned checkpoints rarely have 150 classes; a saved folder brings its own config.
-    """
-    from segret_zoo.cli import UserError
-    from segret_zoo.inference.cli import load_model
-
-    if checkpoint is not None and (Path(name).exists() or ("/" in name and not name.startswith("hf-hub:"))):
-        raise UserError(f"--model {name} already names saved weights; do not also pass --checkpoint")
-    weights_file = checkpoint is not None and not Path(checkpoint).is_dir()
-    return load_model(name, checkpoint, num_classes=num_classes if weights_file else None)
-
-
-def run_eval(args: argparse.Namespace) -> int:
-    """``segret-zoo eval``: load the model and dataset, score, print the table, write metrics.json."""
-    from segret_zoo.cli import UserError
-    from segret_zoo.data.datasets import build_dataset
-    from segret_zoo.inference.cli import resolve_device
-
-    if args.limit is not None and args.limit <= 0:
-        raise UserError("--limit must be a positive number of images")
-    dataset = build_dataset(args.data, split=args.split)
-    device = resolve_device(args.device)
-    model = _load_model(args.model, args.checkpoint, dataset.num_classes)
-    if int(getattr(model, "num_classes", dataset.num_classes)) != dataset.num_classes:
-        raise UserError(
-            f"model {args.model} predicts {model.num_classes} classes but {args.data} has "
-            f"{dataset.num_classes}; use a checkpoint trained on this dataset"
-        )
-    dtype = None if args.dtype == "fp32" else args.dtype
-    results = evaluate(model, dataset, mode=args.mode, tta=args.tta, device=device, dtype=dtype,
-                       progress=not args.no_progress, limit=args.limit)
-    print(format_table(results))
-    out = write_metrics(results, Path(args.out) / "metrics.json", extra={
-        "model": args.model, "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
-        "mode": args.mode, "tta": bool(args.tta), "dtype": args.dtype, "device": str(device),
-    })
-    print(f"metrics written to {out}")
-    return 0
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register ``segret-zoo eval``."""
-    p = subparsers.add_parser(
-        "eval",
-        help="evaluate a model on a dataset (aAcc, mIoU, mAcc, per-class IoU/Acc)",
-        description="Evaluate a segmentation model with mmsegmentation's IoU protocol and write DIR/metrics.json.",
-    )
-    p.add_argument("--model", required=True,
-                   help="zoo name (segret_tiny, segret_tiny.ade20k) or a save_pretrained folder")
-    p.add_argument("--checkpoint", default=None, help="weights file or save_pretrained folder for --model")
-    p.add_argument("--data", required=True,
-                   help="dataset spec: ade20k:PATH, cityscapes:PATH, cocostuff:PATH or folder:PATH")
-    p.add_argument("--split", default="val", help="train or val (default: val)")
-    p.add_argument("--mode", choices=("auto", "whole", "slide"), default="auto",
-                   help="whole-image or sliding-window inference (auto: slide for images much larger than the crop)")
-    p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="autocast dtype on GPU (default fp32, the reference setting)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--out", required=True, help="folder for metrics.json")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_eval)
+    return write_json_atomic(path, doc, allow_nan=False)

@@ -1,10 +1,12 @@
-"""Create SegRet models by name, timm style: ``create_model("segret_tiny", pretrained="cityscapes")``.
+"""Names -> models + weights, timm style: ``create_model("segret_tiny", pretrained="cityscapes")``.
 
 Names are ``segret_{tiny,small,base,large}``, optionally with a dataset tag
 (``segret_tiny.cityscapes``), or ``hf-hub:org/repo[@revision]`` for any folder written by
-``save_pretrained`` and uploaded. The variant and dataset tables live in
-:mod:`segret_zoo.models.segret`; weights are fetched through :mod:`segret_zoo.hub.io`, which only
-downloads safetensors, checks them against ``weights/manifest.json`` and fails fast offline.
+``save_pretrained`` and uploaded. The variant table lives in :mod:`segret_zoo.models.segret`, the
+dataset table in :mod:`segret_zoo.data.classes`; weights are fetched through
+:mod:`segret_zoo.hub.download`, which only downloads safetensors, checks them against
+``weights/manifest.json`` and fails fast offline. :func:`load_model` is the one "model spec ->
+model" that every command (predict, eval, export, train) uses.
 """
 from __future__ import annotations
 
@@ -17,19 +19,16 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from segret_zoo.hub.io import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    hub_download,
-    load_checkpoint_into,
-    parse_hub_name,
-    read_config,
-    read_state_dict,
-    resolve_source,
-)
+from segret_zoo.data.classes import DATASET_CLASSES, DATASET_DEFAULTS
+from segret_zoo.data.classes import id2label as dataset_id2label
+from segret_zoo.errors import UserError
+from segret_zoo.hub.download import CONFIG_NAME, WEIGHTS_NAME, hub_download, parse_hub_name, resolve_source
+from segret_zoo.hub.weights import load_checkpoint_into, read_config, read_state_dict
+from segret_zoo.models.segret import SEGRET_VARIANTS, SegRet, default_pretrained_cfg
+from segret_zoo.settings import hf_org
 
-__all__ = ["create_model", "list_models", "list_pretrained", "from_pretrained", "parse_model_name",
-           "segret_name_for_backbone", "infer_config_from_state_dict", "DEFAULT_TAG"]
+__all__ = ["create_model", "list_models", "list_pretrained", "from_pretrained", "load_model", "parse_model_name",
+           "DEFAULT_TAG"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_TAG = "ade20k"
@@ -37,8 +36,6 @@ _HF_HUB = "hf-hub:"
 
 
 def _tables() -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
-    from segret_zoo.models.segret import DATASET_DEFAULTS, SEGRET_VARIANTS
-
     return SEGRET_VARIANTS, DATASET_DEFAULTS
 
 
@@ -61,11 +58,6 @@ def list_pretrained(filter: str = "") -> List[str]:  # noqa: A002
 def _size_order(name: str) -> int:
     order = ("tiny", "small", "base", "large")
     return next((i for i, s in enumerate(order) if name.endswith(s)), len(order))
-
-
-def segret_name_for_backbone(backbone: str) -> Optional[str]:
-    """``rmt_b`` -> ``segret_base`` (None for an unregistered backbone)."""
-    return next((n for n, v in _tables()[0].items() if v["backbone"] == backbone), None)
 
 
 def _unknown_model(name: str) -> ValueError:
@@ -109,9 +101,7 @@ def _labels_for(tag: Optional[str], num_classes: int) -> Optional[Dict[int, str]
     """The dataset's class names when the model predicts exactly that dataset's classes."""
     if not tag:
         return None
-    from segret_zoo.data.classes import DATASET_CLASSES, id2label
-
-    return id2label(tag) if len(DATASET_CLASSES.get(tag, ())) == num_classes else None
+    return dataset_id2label(tag) if len(DATASET_CLASSES.get(tag, ())) == num_classes else None
 
 
 def _load_backbone(model: torch.nn.Module, pretrained_backbone: Union[bool, PathLike], *,
@@ -127,7 +117,8 @@ def _load_backbone(model: torch.nn.Module, pretrained_backbone: Union[bool, Path
         cfg = get_pretrained_cfg(f"{backbone}.in1k")
         if cfg is None or not cfg.hf_hub_id:
             raise ValueError(f"{backbone}.in1k has no Hub location in its timm pretrained_cfg")
-        path = hub_download(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME, revision=revision,
+        repo_id = f"{hf_org()}/{cfg.hf_hub_id.split('/', 1)[1]}"  # the org is read now: a mirror set later wins
+        path = hub_download(repo_id, cfg.hf_hub_filename or WEIGHTS_NAME, revision=revision,
                             cache_dir=cache_dir, token=token)
     else:
         path = Path(pretrained_backbone)
@@ -167,8 +158,6 @@ def create_model(
     if name.startswith(_HF_HUB):
         model = _create_from_hub_name(name, pretrained, num_classes, id2label, hub, kwargs)
     else:
-        from segret_zoo.models.segret import SegRet, default_pretrained_cfg
-
         arch, tag = parse_model_name(name, pretrained)
         variants, datasets = _tables()
         cfg_tag = tag or DEFAULT_TAG
@@ -198,8 +187,6 @@ def _create_from_hub_name(name: str, pretrained: Union[bool, str], num_classes: 
                           id2label: Optional[Mapping[int, str]], hub: Dict[str, Any],
                           kwargs: Dict[str, Any]) -> torch.nn.Module:
     """``hf-hub:org/repo[@rev]``: the repo's config.json builds the model; weights only if ``pretrained``."""
-    from segret_zoo.models.segret import SegRet
-
     repo_id, name_revision = parse_hub_name(name)
     if hub["revision"] is not None and name_revision is not None and hub["revision"] != name_revision:
         raise ValueError(f"revision given twice: {name!r} and revision={hub['revision']!r}")
@@ -216,25 +203,48 @@ def _create_from_hub_name(name: str, pretrained: Union[bool, str], num_classes: 
 
 def from_pretrained(pretrained_model_name_or_path: PathLike, **kwargs: Any) -> torch.nn.Module:
     """``SegRet.from_pretrained``: a Hub repo id (``revision=``, ``cache_dir=``), a saved folder or a file."""
-    from segret_zoo.models.segret import SegRet
-
     return SegRet.from_pretrained(pretrained_model_name_or_path, **kwargs)
 
 
-def infer_config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
-    """A config for a SegRet state dict without config.json, when its encoder is a registered variant."""
-    from segret_zoo.models.rmt import RMT_CONFIGS, infer_rmt_variant
-    from segret_zoo.models.segret import default_pretrained_cfg
+def _names_saved_weights(spec: str) -> bool:
+    """A local file or folder, a Hub repo id (``org/name``) or an ``hf-hub:`` name, not a zoo name."""
+    return Path(spec).exists() or spec.startswith(_HF_HUB) or "/" in spec
 
-    encoder = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
-    classifier = state_dict.get("decoder.classifier.weight")
-    backbone = infer_rmt_variant(encoder) if encoder else None
-    if backbone not in RMT_CONFIGS or classifier is None:
-        return None
-    arch = segret_name_for_backbone(backbone)
-    num_classes, channels = int(classifier.shape[0]), int(classifier.shape[1])
-    return {
-        "architecture": arch, "backbone": backbone, "num_classes": num_classes, "decoder_channels": channels,
-        "zir_fused": "decoder.folded.0.weight" in state_dict,
-        "pretrained_cfg": default_pretrained_cfg(arch, None, num_classes),
-    }
+
+def load_model(
+    spec: str,
+    checkpoint: Optional[PathLike] = None,
+    *,
+    num_classes: Optional[int] = None,
+    pretrained: Optional[Union[bool, str]] = None,
+    pretrained_backbone: Union[bool, PathLike] = False,
+    id2label: Optional[Mapping[int, str]] = None,
+    **kwargs: Any,
+) -> torch.nn.Module:
+    """The model a command asked for: the one "model spec -> model" of predict, eval, export and train.
+
+    ``spec`` is a zoo name (``segret_tiny`` or ``segret_tiny.ade20k``), a local folder/file written by
+    ``save_pretrained``, or a Hub repo id. ``checkpoint`` (a weights file or a ``save_pretrained``
+    folder) supplies the weights for a zoo name. ``pretrained=None`` means "the published weights"
+    for a zoo name (``create_model(pretrained=True)``); pass False to build it randomly initialised.
+    ``num_classes``, ``id2label`` and ``kwargs`` go to the factory (a new ``num_classes`` replaces
+    the classifier, as in fine-tuning).
+    """
+    extra: Dict[str, Any] = dict(kwargs)
+    if num_classes is not None:
+        extra["num_classes"] = num_classes
+    if id2label is not None:
+        extra["id2label"] = id2label
+    if checkpoint is not None:
+        if _names_saved_weights(spec):
+            raise UserError(f"--model {spec} already names saved weights; do not also pass a checkpoint")
+        path = Path(checkpoint)
+        if path.is_dir():
+            return from_pretrained(path, **extra)
+        if not path.is_file():
+            raise UserError(f"checkpoint {checkpoint} does not exist; pass a weights file or a save_pretrained folder")
+        return create_model(spec, checkpoint_path=path, **extra)
+    if _names_saved_weights(spec):
+        return from_pretrained(spec, **extra)
+    return create_model(spec, pretrained=True if pretrained is None else pretrained,
+                        pretrained_backbone=pretrained_backbone, **extra)

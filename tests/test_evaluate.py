@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from segret_zoo import evaluate as ev
+from segret_zoo.cli import eval as eval_cli
 from segret_zoo.data.datasets import FolderDataset
 from segret_zoo.metrics import IoUMetric
 
@@ -129,9 +130,9 @@ def test_eval_cli_writes_metrics_json(tmp_path: Path, monkeypatch, capsys) -> No
         seen.update(name=name, checkpoint=checkpoint, num_classes=num_classes)
         return ColourOracle(swap=(2, 1))
 
-    monkeypatch.setattr(ev, "_load_model", fake_load)
+    monkeypatch.setattr(eval_cli, "_load_model", fake_load)
     parser = argparse.ArgumentParser()
-    ev.add_cli(parser.add_subparsers())
+    eval_cli.add_cli(parser.add_subparsers())
     out = tmp_path / "out"
     args = parser.parse_args(["eval", "--model", "segret_tiny", "--checkpoint", "w.safetensors",
                               "--data", f"folder:{tmp_path / 'data'}", "--device", "cpu", "--mode", "whole",
@@ -178,7 +179,7 @@ def test_eval_cli_with_real_model_saved_by_save_pretrained(tmp_path: Path) -> No
     model.pretrained_cfg.update(test_scale=(40, 32), crop_size=(32, 32))  # small, so TTA stays quick
     model.save_pretrained(tmp_path / "model")
     parser = argparse.ArgumentParser()
-    ev.add_cli(parser.add_subparsers())
+    eval_cli.add_cli(parser.add_subparsers())
     ds = FolderDataset(tmp_path / "data", "val")
     for extra in ([], ["--tta"]):
         out = tmp_path / ("out" + "".join(extra))

@@ -9,8 +9,9 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 
+from segret_zoo.errors import WeightsNotFoundError
 from segret_zoo.factory import create_model, list_models, list_pretrained, parse_model_name
-from segret_zoo.hub.io import WeightsNotFoundError, seed_hub_cache
+from segret_zoo.hub.download import seed_hub_cache
 
 VECTORS = Path(__file__).resolve().parent / "data" / "reference" / "vectors"
 MINI = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))

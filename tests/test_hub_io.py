@@ -17,17 +17,11 @@ import pytest
 import torch
 from huggingface_hub import constants
 
+from segret_zoo.errors import CheckpointError, WeightsNotFoundError
 from segret_zoo.factory import create_model, from_pretrained
-from segret_zoo.hub.io import (
-    CheckpointError,
-    WeightsNotFoundError,
-    hub_download,
-    load_checkpoint_into,
-    match_state_dict,
-    read_state_dict,
-    seed_hub_cache,
-)
+from segret_zoo.hub.download import hub_download, seed_hub_cache
 from segret_zoo.hub.manifest import file_sha256
+from segret_zoo.hub.weights import load_checkpoint_into, match_state_dict, read_state_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MINI = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))

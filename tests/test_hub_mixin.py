@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import segret_zoo.hub.mixin as mixin
-from segret_zoo.factory import create_model, from_pretrained, infer_config_from_state_dict
-from segret_zoo.hub.io import CheckpointError
+from segret_zoo.errors import CheckpointError
+from segret_zoo.factory import create_model, from_pretrained
 from segret_zoo.models.segret import SegRet
 
 MINI = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
@@ -190,7 +190,7 @@ def test_bare_weights_file_without_config(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json beside it"):
         from_pretrained(tmp_path / "weights.safetensors")
     base = create_model("segret_base", num_classes=19, device="meta")
-    config = infer_config_from_state_dict(base.state_dict())
+    config = SegRet.infer_config(base.state_dict())
     assert config is not None
     assert (config["architecture"], config["backbone"], config["num_classes"], config["decoder_channels"]) == (
         "segret_base", "rmt_b", 19, 256)

@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from segret_zoo.cli import UserError
-from segret_zoo.inference import cli as infer_cli
-from segret_zoo.inference.predictor import Segmenter, load_image
+from segret_zoo.cli import predict as infer_cli
+from segret_zoo.data.images import load_image
+from segret_zoo.errors import UserError
+from segret_zoo.factory import load_model
+from segret_zoo.inference.predictor import Segmenter
 from segret_zoo.models.segret import SegRet
 
 torch.set_num_threads(1)
@@ -165,7 +167,7 @@ def test_predict_and_export_from_a_saved_model_folder(tmp_path, capsys):
     rc = main(["predict", str(tmp_path / "a.png"), "--model", str(tmp_path / "saved"), "--out", str(tmp_path / "o"),
                "--quiet", "--device", "cpu"])
     assert rc == 0, capsys.readouterr().err
-    reloaded = infer_cli.load_model(str(tmp_path / "saved"))
+    reloaded = load_model(str(tmp_path / "saved"))
     assert reloaded.num_classes == 4
     expected = Segmenter(reloaded)(tmp_path / "a.png")
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "a_labels.png")), expected)

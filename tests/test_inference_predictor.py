@@ -10,13 +10,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from segret_zoo.inference.predictor import (
-    ImageLoadError,
-    Segmenter,
-    load_image,
-    rescale_size,
-    slide_windows,
-)
+from segret_zoo.data.images import load_image
+from segret_zoo.data.transforms import rescale_size
+from segret_zoo.errors import ImageReadError as ImageLoadError
+from segret_zoo.inference.predictor import Segmenter, slide_windows
 from segret_zoo.models.segret import SegRet
 
 torch.set_num_threads(1)

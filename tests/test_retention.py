@@ -1,5 +1,5 @@
 """Manhattan self-attention: the fast path (SDPA, 4-D masks, complex-product rotary, in-place ops)
-against a plain reference written here from DESIGN.md §1.1, independently of retention.py."""
+against a plain reference written here from the RMT paper's equations, independently of retention.py."""
 from __future__ import annotations
 
 import math
@@ -16,7 +16,7 @@ from segret_zoo.models.rmt import RMT
 # ----------------------------------------------------------------------------- plain reference
 def reference_masa(attn: ManhattanSelfAttention, x: torch.Tensor, init_value: float, heads_range: float
                    ) -> torch.Tensor:
-    """MaSA exactly as DESIGN.md §1.1 states it, in float64, with explicit softmax(q k^T + bias) v."""
+    """MaSA exactly as the RMT paper states it, in float64, with explicit softmax(q k^T + bias) v."""
     x = x.double()
     B, H, W, C = x.shape
     N = attn.num_heads

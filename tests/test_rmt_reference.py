@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import segret_zoo  # noqa: F401  (registers rmt_*)
+from segret_zoo.hub.weights import read_state_dict
 from segret_zoo.models.rmt import RMT, checkpoint_filter_fn, remap_official_state_dict
 from segret_zoo.models.segret import SegRet
 from tests.official_layout import randomize_, to_official
@@ -36,7 +37,7 @@ def test_mini_classification_logits_match_reference(reference_dir, mini_config):
 def test_mini_segmentation_features_match_reference(reference_dir, mini_config):
     backbone = {k: v for k, v in mini_config.items() if k not in ("num_classes", "head_hidden_size")}
     model = SegRet(backbone=backbone, num_classes=3).eval()
-    missing = model.load_backbone(reference_dir / "vectors" / "rmt_mini_seg_official.safetensors")
+    missing = model.load_backbone(read_state_dict(reference_dir / "vectors" / "rmt_mini_seg_official.safetensors"))
     assert missing == []  # encoder and per-stage norms all came from the checkpoint
     io = load_file(reference_dir / "vectors" / "rmt_mini_io.safetensors")
     with torch.no_grad():
@@ -91,7 +92,7 @@ def test_checkpoint_of_another_variant_is_named(tmp_path):
         timm.create_model("rmt_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "rmt_s.pth")))
     seg = SegRet("rmt_t", num_classes=4)
     with pytest.raises(ValueError, match="rmt_s.*rmt_t"):
-        seg.load_backbone(tmp_path / "rmt_s.pth")
+        seg.load_backbone(read_state_dict(tmp_path / "rmt_s.pth"))
 
 
 def test_segmentation_backbone_checkpoint_loads_norms_into_segret(tmp_path):
@@ -103,7 +104,7 @@ def test_segmentation_backbone_checkpoint_loads_norms_into_segret(tmp_path):
     ckpt["decode_head.conv_seg.weight"] = torch.zeros(4, 8, 1, 1)  # mmseg extras are ignored
     save_file(ckpt, tmp_path / "seg.safetensors")
     model = SegRet("rmt_t", num_classes=4).eval()
-    assert model.load_backbone(tmp_path / "seg.safetensors") == []
+    assert model.load_backbone(read_state_dict(tmp_path / "seg.safetensors")) == []
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         for a, b in zip(model.forward_features(x), donor.forward_features(x)):
@@ -119,7 +120,7 @@ def test_bad_input_names_expected_and_received_shape():
 
 
 def test_pretrained_without_weights_fails_fast_with_instructions(monkeypatch, tmp_path):
-    from segret_zoo.hub.io import WeightsNotFoundError
+    from segret_zoo.errors import WeightsNotFoundError
 
     monkeypatch.delenv("SEGRET_ZOO_HF_ORG", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

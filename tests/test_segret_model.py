@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from segret_zoo.models.segret import SegRet
 from tests.conftest import TINY_BACKBONE
 
-# (backbone, C, total params M, decoder params M) with 150 classes: DESIGN.md §1.2-1.3
+# (backbone, C, total params M, decoder params M) with 150 classes: the SegRet paper's Table of variants
 SIZES = [("rmt_t", 256, 13.58, 0.795), ("rmt_s", 256, 26.21, 0.795),
          ("rmt_b", 256, 53.46, 0.852), ("rmt_l", 512, 96.37, 2.589)]
 
@@ -36,7 +36,7 @@ def _randomize_decoder(model: SegRet) -> None:
 
 
 def _decoder_by_the_equations(model: SegRet, feats):
-    """DESIGN.md §1.2 written out literally: F'_i = Lin_i(f) + Z_i(f); concat of upsampled; fuse; classify."""
+    """The SegRet paper's decoder equations written out literally: F'_i = Lin_i(f) + Z_i(f); concat of upsampled; fuse; classify."""
     dec = model.decoder
     size = feats[0].shape[-2:]
     levels = []

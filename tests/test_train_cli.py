@@ -67,12 +67,12 @@ def test_train_cli_user_errors(tmp_path, capsys):
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_train_cli_signal_exit_codes(tmp_path, monkeypatch, sig, code):
-    import segret_zoo.train.engine as engine
+    import segret_zoo.cli.train as train_cli
 
     def fake_train(cfg):
         return {"run_dir": str(tmp_path), "iters": 3, "interrupted": True, "signal": int(sig),
                 "checkpoint": str(tmp_path / "checkpoints" / "iter_00000003.pt"), "history": []}
 
-    monkeypatch.setattr(engine, "train", fake_train)
+    monkeypatch.setattr(train_cli, "train", fake_train)
     data = make_folder_dataset(tmp_path / "data")
     assert main(["train", "--data", f"folder:{data}", "--out", str(tmp_path / "o")]) == code

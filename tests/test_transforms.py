@@ -27,8 +27,8 @@ from segret_zoo.data.transforms import (
     rgb_to_hsv,
 )
 
-MEAN = np.array(IMAGENET_MEAN, np.float32)
-STD = np.array(IMAGENET_STD, np.float32)
+MEAN = np.array(IMAGENET_MEAN, np.float32) * 255  # the transforms normalise on the 0-255 scale
+STD = np.array(IMAGENET_STD, np.float32) * 255
 
 
 class ScriptedRNG:

@@ -1,15 +1,17 @@
-"""Class names, colour palettes and label-id mappings of the datasets SegRet is trained on.
+"""Dataset constants: class names, colour palettes, label-id mappings, the evaluation protocol of
+each dataset SegRet is trained on, and the input normalisation.
 
-Kept in one dependency-light module (numpy only) because the model config (``id2label``), the
-predictor's visualisation and the datasets all need the same names in the same order. The names
+Kept in one module because the model config (``id2label``, ``pretrained_cfg``), the predictor, the
+training loop and the datasets all need the same values in the same order. The names
 and palettes are the ones mmsegmentation uses, so colourised outputs look the way users of that
 ecosystem expect.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 __all__ = [
     "ADE20K_CLASSES",
@@ -24,13 +26,35 @@ __all__ = [
     "COCOSTUFF_RAWID_TO_TRAINID",
     "ADE20K_REDUCE_ZERO_LABEL",
     "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DATASET_DEFAULTS",
+    "slide_stride",
     "canonical_dataset_name",
     "get_classes",
     "get_palette",
     "id2label",
 ]
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # mask value that the loss and the metric skip
+# input normalisation of every SegRet and RMT model (on a 0-1 scale): timm's ImageNet constants
+IMAGENET_MEAN: Tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)  # type: ignore[assignment]
+IMAGENET_STD: Tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)  # type: ignore[assignment]
+
+# dataset tag -> label set and evaluation protocol (mmsegmentation's configs for the three benchmarks)
+DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "ade20k": dict(num_classes=150, test_scale=(2048, 512), crop_size=(512, 512), reduce_zero_label=True,
+                   dataset_name="ADE20K (SceneParsing, 150 classes)", license="bsd-3-clause"),
+    "cityscapes": dict(num_classes=19, test_scale=(2048, 1024), crop_size=(512, 1024), reduce_zero_label=False,
+                       dataset_name="Cityscapes (19 train ids)", license="other"),
+    "cocostuff": dict(num_classes=171, test_scale=(2048, 512), crop_size=(512, 512), reduce_zero_label=False,
+                      dataset_name="COCO-Stuff 164k (171 classes)", license="cc-by-4.0"),
+}
+
+
+def slide_stride(crop_size: Sequence[int]) -> Tuple[int, int]:
+    """Sliding-window step for a crop: two thirds of it, as mmsegmentation's configs use (512 -> 341)."""
+    return tuple(max(int(round(c * 2 / 3)), 1) for c in crop_size)  # type: ignore[return-value]
 
 # ADE20K SceneParsing (150 classes), in the benchmark's order (index 0 = raw label 1).
 ADE20K_CLASSES: Tuple[str, ...] = (

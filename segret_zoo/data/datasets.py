@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
 
 from segret_zoo.data.classes import (
     ADE20K_CLASSES,
@@ -30,6 +29,8 @@ from segret_zoo.data.classes import (
     IGNORE_INDEX,
     get_palette,
 )
+from segret_zoo.data.images import load_image, load_mask
+from segret_zoo.errors import DatasetLayoutError, ImageReadError, MaskValueError
 
 __all__ = [
     "ADE20KDataset",
@@ -45,7 +46,6 @@ __all__ = [
     "load_image",
     "load_mask",
     "parse_spec",
-    "pil_to_rgb",
     "read_class_names",
     "DATASET_TYPES",
 ]
@@ -54,121 +54,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 Transform = Callable[[np.ndarray, np.ndarray], Any]
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _SHOW = 5  # offending files named in an error message
-
-
-class DatasetLayoutError(FileNotFoundError):
-    """The dataset folder does not have the expected layout (missing folders, images or masks)."""
-
-
-class MaskValueError(ValueError):
-    """A mask holds values that are not valid labels for its dataset (after any id mapping)."""
-
-
-class ImageReadError(ValueError):
-    """An image or mask file that cannot be decoded; the message names the file."""
-
-
-# --------------------------------------------------------------------------------------------------
-# file loading
-# --------------------------------------------------------------------------------------------------
-def _open(path: Path) -> Image.Image:
-    try:
-        img = Image.open(path)
-        img.load()
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # PIL raises several exception types for broken files
-        raise ImageReadError(f"{path}: cannot read image ({' '.join(str(err).split())})") from err
-    return img
-
-
-def _scale_to_uint8(arr: np.ndarray, bits: Optional[int]) -> np.ndarray:
-    """Grey values of any depth onto 0..255 (16-bit divided by 257 so 65535 -> 255 exactly)."""
-    v = arr.astype(np.float64)
-    if bits == 16 or (bits is None and v.size and v.min() >= 0 and 255 < v.max() <= 65535):
-        v = v / 257.0
-    elif np.issubdtype(arr.dtype, np.floating) and v.size and v.min() >= 0 and v.max() <= 1.0:
-        v = v * 255.0
-    elif v.size and (v.min() < 0 or v.max() > 65535):
-        lo, hi = float(v.min()), float(v.max())
-        v = (v - lo) * (255.0 / max(hi - lo, 1e-12))
-    return np.clip(np.rint(v), 0, 255).astype(np.uint8)
-
-
-def pil_to_rgb(img: Image.Image) -> np.ndarray:
-    """Any PIL mode -> H×W×3 uint8 RGB.
-
-    16-bit grey is scaled (not clipped or truncated to its low byte), palette images keep their
-    colours, alpha is dropped (as OpenCV's reader does in mmsegmentation) and CMYK / YCbCr go
-    through PIL's own conversion. No EXIF rotation is applied: masks are stored in the image's raw
-    pixel order, and rotating only the image would misalign the pair.
-    """
-    mode = img.mode
-    if mode == "RGB":
-        return np.asarray(img)
-    if mode.startswith("I;16"):
-        grey = _scale_to_uint8(np.asarray(img), bits=16)
-    elif mode in ("I", "F"):
-        grey = _scale_to_uint8(np.asarray(img), bits=None)
-    elif mode in ("L", "1"):
-        grey = np.asarray(img.convert("L"))
-    elif mode in ("LA", "La"):
-        grey = np.asarray(img.convert("LA"))[..., 0]
-    elif mode in ("P", "PA"):
-        return np.asarray(img.convert("RGBA"))[..., :3]
-    else:  # RGBA, RGBa, RGBX, CMYK, YCbCr, HSV, ...
-        return np.asarray(img.convert("RGB"))
-    return np.repeat(grey[..., None], 3, axis=2)
-
-
-def load_image(path: PathLike) -> np.ndarray:
-    """Read an image file as a contiguous H×W×3 uint8 RGB array (see :func:`pil_to_rgb`)."""
-    path = Path(path)
-    img = _open(path)
-    try:
-        arr = pil_to_rgb(img)
-    except Exception as err:
-        raise ImageReadError(f"{path}: cannot convert PIL mode {img.mode!r} to RGB ({err})") from err
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageReadError(f"{path}: zero-size image")
-    return np.array(arr, dtype=np.uint8, order="C")  # a writable copy (PIL's buffer is read-only)
-
-
-def load_mask(path: PathLike) -> np.ndarray:
-    """Read a label PNG as an H×W uint8 array of raw values.
-
-    Accepted: single-channel masks (L, P: the palette *indices* are the labels, 1, 16/32-bit with
-    values <= 255) and RGB(A) masks whose three channels are equal. A colour-coded RGB mask is an
-    error, because its colours are not class indices and guessing a colour->class map would be
-    silently wrong.
-    """
-    path = Path(path)
-    img = _open(path)
-    mode = img.mode
-    if mode in ("L", "P", "1"):
-        arr = np.asarray(img)
-    elif mode.startswith("I") or mode == "F":
-        arr = np.asarray(img)
-        if arr.size and (arr.min() < 0 or arr.max() > 255 or not np.all(np.equal(np.mod(arr, 1), 0))):
-            raise MaskValueError(
-                f"{path}: mask values must be integers 0..255 (got a {mode} image with values "
-                f"{arr.min()}..{arr.max()}); save masks as 8-bit PNG with 255 for ignore"
-            )
-    elif mode in ("RGB", "RGBA", "LA"):
-        arr = np.asarray(img)
-        chans = arr[..., :3] if mode != "LA" else arr[..., :1]
-        if mode != "LA" and not (np.array_equal(chans[..., 0], chans[..., 1])
-                                 and np.array_equal(chans[..., 0], chans[..., 2])):
-            raise MaskValueError(
-                f"{path}: mask is a colour ({mode}) image; masks must be single-channel PNGs whose "
-                "pixel values are class indices (255 = ignore)"
-            )
-        arr = chans[..., 0]
-    else:
-        raise MaskValueError(f"{path}: unsupported mask mode {mode!r}; use an 8-bit single-channel PNG")
-    if arr.ndim != 2:
-        raise MaskValueError(f"{path}: mask must be 2-D, got shape {arr.shape}")
-    return np.array(arr, dtype=np.uint8, order="C")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,7 +156,7 @@ class SegDataset:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        image = load_image(self.samples[index][0])
+        image = load_image(self.samples[index][0], exif_transpose=False)
         mask = self.load_mask(index)
         if image.shape[:2] != mask.shape:
             raise MaskValueError(

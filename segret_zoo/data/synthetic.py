@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from segret_zoo.data.classes import IMAGENET_MEAN, IMAGENET_STD, get_palette
+
 __all__ = [
     "SHAPE_CLASSES",
     "SyntheticShapes",
@@ -30,8 +32,8 @@ __all__ = [
 # class id -> name; 0 is the (textured) background
 SHAPE_CLASSES: Tuple[str, ...] = ("background", "circle", "square", "triangle", "ring", "cross", "star")
 NUM_CLASSES = len(SHAPE_CLASSES)
-_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
-_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+_MEAN = np.array(IMAGENET_MEAN, dtype=np.float32) * 255.0
+_STD = np.array(IMAGENET_STD, dtype=np.float32) * 255.0
 
 
 def _shape_mask(cls: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -210,7 +212,6 @@ class SyntheticShapes(Dataset):
 def save_samples(folder: Union[str, Path], images: np.ndarray, masks: np.ndarray, count: int = 4,
                  palette: Optional[np.ndarray] = None) -> List[Path]:
     """Write the first ``count`` scenes as ``sample_<i>.png`` (image | colourized mask side by side)."""
-    from segret_zoo.data.classes import get_palette
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

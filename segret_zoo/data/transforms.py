@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segret_zoo.data.classes import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -51,9 +53,6 @@ __all__ = [
     "seed_worker",
 ]
 
-IMAGENET_MEAN: Tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB, 0-255 scale
-IMAGENET_STD: Tuple[float, float, float] = (58.395, 57.12, 57.375)
-IGNORE_INDEX = 255
 
 RNGLike = Union[None, np.random.Generator, np.random.RandomState]
 Pair = Tuple[Any, Any]

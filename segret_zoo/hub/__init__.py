@@ -1,16 +1,12 @@
-"""Hugging Face Hub I/O for SegRet: save/load/push in the Hub layout, checked downloads, `segret-zoo push`.
+"""Hugging Face Hub and file I/O: checked downloads, local resolution, reading and matching state dicts,
+and ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``.
 
-Kept free of model imports so that :mod:`segret_zoo.models.segret` can inherit :class:`HubMixin`.
+Knows no model names: a model class brings its own configuration and hints through the mixin's hooks.
 """
-from segret_zoo.hub.io import (
-    CheckpointError,
-    WeightsNotFoundError,
-    hub_download,
-    read_state_dict,
-    resolve_source,
-    seed_hub_cache,
-)
+from segret_zoo.errors import CheckpointError, WeightsNotFoundError
+from segret_zoo.hub.download import hub_download, resolve_source, seed_hub_cache
 from segret_zoo.hub.mixin import HubMixin
+from segret_zoo.hub.weights import read_state_dict
 
 __all__ = [
     "HubMixin",

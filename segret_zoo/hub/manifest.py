@@ -10,22 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from segret_zoo.files import write_json_atomic
+from segret_zoo.settings import hf_org
+
 PathLike = Union[str, "os.PathLike[str]"]
 
-DEFAULT_HF_ORG = "segret-zoo"
 MANIFEST_ENV = "SEGRET_ZOO_MANIFEST"
-ORG_ENV = "SEGRET_ZOO_HF_ORG"
 
 _STATUSES = ("not_published", "published")
-
-
-def hf_org() -> str:
-    """The Hub organisation that hosts the zoo's weights (``SEGRET_ZOO_HF_ORG``, read at call time)."""
-    return os.environ.get(ORG_ENV, "").strip() or DEFAULT_HF_ORG
 
 
 def default_manifest_path() -> Path:
@@ -119,22 +114,6 @@ def verify_file(path: PathLike, entry: dict[str, Any], *, source: str = "") -> N
                 f"{entry.get('name')}: the file is corrupted or was replaced; delete it from the cache and "
                 "download it again (force_download), or update the manifest if the release changed"
             )
-
-
-def write_json_atomic(path: PathLike, data: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def update_entry(

@@ -11,21 +11,15 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
 
 import torch
 
-from segret_zoo.hub.io import (
-    CONFIG_NAME,
-    README_NAME,
-    TORCH_WEIGHTS_NAME,
-    WEIGHTS_NAME,
-    CheckpointError,
-    load_checkpoint_into,
-    read_config,
-    read_state_dict,
-    resolve_source,
-)
+from segret_zoo.errors import CheckpointError
+from segret_zoo.files import write_files_atomic
+from segret_zoo.hub.download import CONFIG_NAME, README_NAME, TORCH_WEIGHTS_NAME, WEIGHTS_NAME, resolve_source
+from segret_zoo.hub.weights import load_checkpoint_into, read_config, read_state_dict
+from segret_zoo.version import __version__
 
 PathLike = Union[str, "os.PathLike[str]"]
 T = TypeVar("T", bound="HubMixin")
@@ -35,10 +29,6 @@ FORMAT_VERSION = 1
 # keys config.json adds around the model's own `config` (removed again before `from_config`)
 _HUB_KEYS = ("library_name", "segret_zoo_version", "format_version", "label2id", "pretrained_cfg",
              "preprocessing", "evaluation")
-# construction arguments that would fetch weights when the model is rebuilt: a saved model already
-# holds every weight, so they are never written (the loaded folder must work offline)
-_DOWNLOAD_KEYS = frozenset({"pretrained", "pretrained_backbone", "checkpoint_path", "pretrained_cfg_overlay",
-                            "pretrained_strict", "file", "url", "hf_hub_id", "hf_hub_filename", "state_dict"})
 UPLOAD_PATTERNS = ["*.safetensors", "*.json", "*.md"]
 
 
@@ -68,49 +58,6 @@ def _untuple(value: Any) -> Any:
 
 def _int_keys(mapping: Optional[Dict[Any, Any]]) -> Optional[Dict[int, str]]:
     return None if mapping is None else {int(k): str(v) for k, v in mapping.items()}
-
-
-def _strip_download_keys(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_download_keys(v) for k, v in value.items() if k not in _DOWNLOAD_KEYS}
-    return value
-
-
-# ----------------------------------------------------------------------------- atomic writes
-def _stage(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write to a temporary name beside `path` (same filesystem, so the final rename is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return tmp_path
-
-
-def write_files_atomically(folder: PathLike, writers: Sequence[Tuple[str, Callable[[Path], None]]]) -> List[Path]:
-    """Write every file to a temporary name first, then rename them all into place.
-
-    A crash while writing leaves the previous files untouched and no partial file behind; the
-    renames happen only once every file is complete on disk.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    staged: List[Tuple[Path, Path]] = []
-    try:
-        for name, write in writers:
-            staged.append((_stage(folder / name, write), folder / name))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, final in staged:
-        os.replace(tmp, final)
-    return [final for _, final in staged]
 
 
 def _write_text(text: str) -> Callable[[Path], None]:
@@ -250,9 +197,7 @@ class HubMixin:
     # ---------------------------------------------------------------- saving
     def hub_config(self) -> Dict[str, Any]:
         """Everything config.json holds: the model's construction config, labels, preprocessing, protocol."""
-        from segret_zoo import __version__
-
-        model_cfg = _strip_download_keys(copy.deepcopy(dict(self.config)))
+        model_cfg = copy.deepcopy(dict(self.config))
         pcfg = {k: v for k, v in dict(getattr(self, "pretrained_cfg", None) or {}).items()
                 if k not in ("state_dict", "file", "url")}
         id2label = self.id2label or {i: f"class_{i}" for i in range(self.num_classes)}
@@ -310,7 +255,7 @@ class HubMixin:
             def write_weights(path: Path) -> None:
                 torch.save({k: v.contiguous() for k, v in self.state_dict().items()}, path)  # type: ignore[attr-defined]
 
-        write_files_atomically(folder, [
+        write_files_atomic(folder, [
             (weights_name, write_weights),
             (CONFIG_NAME, _write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")),
             (README_NAME, _write_text(render_model_card(config, repo_id))),
@@ -399,11 +344,14 @@ class HubMixin:
         return model
 
     @classmethod
-    def config_from_state_dict(cls, state_dict: Dict[str, torch.Tensor], *, source: str) -> Dict[str, Any]:
-        """A config for a bare weights file without config.json: the variant is recognised from shapes."""
-        from segret_zoo.factory import infer_config_from_state_dict
+    def infer_config(cls, state_dict: Dict[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
+        """A model class that can recognise its configuration from tensor shapes overrides this."""
+        return None
 
-        config = infer_config_from_state_dict(state_dict)
+    @classmethod
+    def config_from_state_dict(cls, state_dict: Dict[str, torch.Tensor], *, source: str) -> Dict[str, Any]:
+        """A config for a bare weights file without config.json (from :meth:`infer_config`)."""
+        config = cls.infer_config(state_dict)
         if config is None:
             raise CheckpointError(
                 f"{source} has no config.json beside it and its shapes match no registered SegRet variant: "

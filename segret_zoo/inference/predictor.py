@@ -9,200 +9,31 @@ augmentation that averages softmax probabilities at the original size.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+
+from segret_zoo.data.classes import IMAGENET_MEAN, IMAGENET_STD, slide_stride
+from segret_zoo.data.images import ImageInput, ImageReadError, load_image, to_rgb_array
+from segret_zoo.data.transforms import rescale_size
+from segret_zoo.devices import resolve_dtype
 
 __all__ = [
     "DEFAULT_TTA_SCALES",
-    "ImageInput",
-    "ImageLoadError",
     "Segmenter",
-    "load_image",
-    "rescale_size",
     "slide_windows",
-    "to_rgb_array",
 ]
-
-ImageInput = Union[Image.Image, np.ndarray, str, os.PathLike]
 
 # mmsegmentation's multi-scale test ratios (ADE20K / Cityscapes / COCO-Stuff "MS" numbers)
 DEFAULT_TTA_SCALES: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-}
-
-
-class ImageLoadError(ValueError):
-    """An input that cannot become an RGB image. The message is one line and starts with the file's name,
-    so a batch job can report it and move on to the next image."""
-
-
-# --------------------------------------------------------------------------------------------------
-# loading: anything -> H×W×3 uint8 RGB
-# --------------------------------------------------------------------------------------------------
-def _gray_to_uint8(values: np.ndarray, bits: Optional[int] = None) -> np.ndarray:
-    """Map a single-channel array of any numeric type onto 0..255.
-
-    Why these rules: the bit depth is not always known (PIL's "I" mode and numpy ints carry no depth),
-    so the value range decides: 0..1 floats are unit-scaled, 0..255 is taken as 8-bit, 0..65535 as
-    16-bit (divided by 257, so 65535 -> 255 exactly), anything else is min-max stretched.
-    """
-    if values.dtype == np.bool_:
-        return values.astype(np.uint8) * 255
-    if values.dtype == np.uint8:
-        return values
-    v = values.astype(np.float64)
-    if not np.all(np.isfinite(v)):
-        v = np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
-    if bits == 16:
-        out = v / 257.0
-    elif np.issubdtype(values.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-        out = v * 255.0
-    elif lo >= 0.0 and hi <= 255.0:
-        out = v
-    elif lo >= 0.0 and hi <= 65535.0:
-        out = v / 257.0
-    else:
-        out = (v - lo) * (255.0 / max(hi - lo, 1e-12))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _pil_to_rgb(img: Image.Image) -> np.ndarray:
-    """RGB uint8 for every PIL mode; alpha is dropped (as OpenCV's imread does in mmseg's pipeline)."""
-    mode = img.mode
-    if mode == "RGB":
-        return np.asarray(img)
-    if mode.startswith("I;16"):  # 16-bit grayscale PNG/TIFF: scale properly, not truncate/clip
-        return np.repeat(_gray_to_uint8(np.asarray(img), bits=16)[..., None], 3, axis=2)
-    if mode in ("I", "F"):
-        return np.repeat(_gray_to_uint8(np.asarray(img))[..., None], 3, axis=2)
-    if mode in ("P", "PA"):  # palette (maybe with transparency): go through RGBA to keep the colours
-        return np.asarray(img.convert("RGBA"))[..., :3]
-    if mode in ("La", "LA"):
-        return np.repeat(np.asarray(img.convert("LA"))[..., :1], 3, axis=2)
-    return np.asarray(img.convert("RGB"))  # L, 1, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV
-
-
-def to_rgb_array(image: Union[Image.Image, np.ndarray], name: str = "<array>") -> np.ndarray:
-    """Convert an in-memory PIL image or numpy array to a contiguous H×W×3 uint8 RGB array.
-
-    numpy input is H×W (gray), H×W×1, H×W×3 (RGB) or H×W×4 (RGBA), channels last; uint8 is used
-    as is, other dtypes follow the value-range rules of 16-bit / float images.
-    """
-    if isinstance(image, Image.Image):
-        w, h = image.size
-        if w == 0 or h == 0:
-            raise ImageLoadError(f"{name}: zero-size image ({w}x{h})")
-        try:
-            arr = _pil_to_rgb(image)
-        except Exception as err:  # PIL raises many types for odd modes; report them all per file
-            raise ImageLoadError(f"{name}: cannot convert PIL mode {image.mode!r} to RGB ({_one_line(err)})") from err
-    elif isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 3 and arr.shape[2] == 1:
-            arr = arr[..., 0]
-        if arr.ndim == 2:
-            arr = np.repeat(_gray_to_uint8(arr)[..., None], 3, axis=2)
-        elif arr.ndim == 3 and arr.shape[2] in (3, 4):
-            arr = arr[..., :3]
-            if arr.dtype != np.uint8:
-                bits = 16 if arr.dtype == np.uint16 else None
-                arr = _gray_to_uint8(arr, bits=bits)
-        else:
-            raise ImageLoadError(
-                f"{name}: expected an H×W or H×W×3 (channels-last RGB) array, got shape {tuple(image.shape)}")
-    else:
-        raise TypeError(f"expected a PIL image, numpy array or path, got {type(image).__name__}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageLoadError(f"{name}: zero-size image ({arr.shape[1]}x{arr.shape[0]})")
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    return arr if arr.flags.writeable else arr.copy()  # PIL's buffers are read-only; torch wants writable
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text[:200]
-
-
-def _png_header_size(path: Path) -> Optional[Tuple[int, int]]:
-    """(width, height) from a PNG's IHDR chunk, or None if the file is not a PNG."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(24)
-    except OSError:
-        return None
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-
-
-def load_image(source: ImageInput) -> np.ndarray:
-    """Load a path, PIL image or array as H×W×3 uint8 RGB, raising :class:`ImageLoadError` (one line,
-    naming the file) for empty, unreadable, non-image or zero-size inputs.
-
-    Files are EXIF-transposed so the label map lines up with the image as viewers display it.
-    """
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        name = str(source)
-        try:
-            if path.is_dir():
-                raise ImageLoadError(f"{name}: is a directory, not an image")
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise ImageLoadError(f"{name}: no such file") from None
-        except OSError as err:
-            raise ImageLoadError(f"{name}: cannot read ({_one_line(err)})") from err
-        if size == 0:
-            raise ImageLoadError(f"{name}: empty file (0 bytes)")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                if img.size[0] == 0 or img.size[1] == 0:
-                    raise ImageLoadError(f"{name}: zero-size image ({img.size[0]}x{img.size[1]})")
-                img = ImageOps.exif_transpose(img) or img
-                return to_rgb_array(img, name)
-        except ImageLoadError:
-            raise
-        except Image.UnidentifiedImageError:
-            dims = _png_header_size(path)
-            if dims is not None and 0 in dims:  # PIL refuses 0-sized PNGs as "unidentified"
-                raise ImageLoadError(f"{name}: zero-size image ({dims[0]}x{dims[1]})") from None
-            raise ImageLoadError(f"{name}: not an image (format not recognized)") from None
-        except Exception as err:  # truncated data, decoder errors, decompression bombs, ...
-            raise ImageLoadError(f"{name}: cannot decode image ({_one_line(err)})") from err
-    if isinstance(source, Image.Image):
-        return to_rgb_array(source, "<PIL image>")
-    if isinstance(source, np.ndarray):
-        return to_rgb_array(source, "<array>")
-    raise TypeError(f"expected a PIL image, numpy array or path, got {type(source).__name__}")
 
 
 # --------------------------------------------------------------------------------------------------
 # geometry helpers (pure, so they can be tested against mmseg's formulas directly)
 # --------------------------------------------------------------------------------------------------
-def rescale_size(height: int, width: int, scale: Sequence[float]) -> Tuple[int, int]:
-    """mmcv's keep-ratio rescale: the largest size with long side <= max(scale) and short side <= min(scale).
-
-    ``factor = min(long_edge / max(h, w), short_edge / min(h, w))``; new dims ``int(dim * factor + 0.5)``.
-    """
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return max(int(height * factor + 0.5), 1), max(int(width * factor + 0.5), 1)
-
-
 def slide_windows(height: int, width: int, crop: Tuple[int, int],
                   stride: Tuple[int, int]) -> List[Tuple[int, int, int, int]]:
     """Windows ``(y1, y2, x1, x2)`` of mmseg's slide_inference: a regular grid whose last row/column is
@@ -227,15 +58,6 @@ def _pair(value: Any, what: str) -> Tuple[int, int]:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         return int(value[0]), int(value[1])
     raise ValueError(f"{what} must be an int or a pair (H, W), got {value!r}")
-
-
-def _parse_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return None if dtype == torch.float32 else dtype
-    key = str(dtype).lower().replace("torch.", "")
-    if key not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16")
-    return None if _DTYPES[key] == torch.float32 else _DTYPES[key]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -303,15 +125,15 @@ class Segmenter:
         self.model = model.eval()
         self.pretrained_cfg = cfg
         self.mode = mode
-        self.dtype = _parse_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
         num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes")
         if not num_classes:
             raise ValueError("the model has no num_classes (attribute or pretrained_cfg entry)")
         self.num_classes = int(num_classes)
         self.id2label: Dict[int, str] = dict(getattr(model, "id2label", None) or cfg.get("id2label") or {})
 
-        mean = torch.tensor(cfg.get("mean", _IMAGENET_MEAN), dtype=torch.float32)
-        std = torch.tensor(cfg.get("std", _IMAGENET_STD), dtype=torch.float32)
+        mean = torch.tensor(cfg.get("mean", IMAGENET_MEAN), dtype=torch.float32)
+        std = torch.tensor(cfg.get("std", IMAGENET_STD), dtype=torch.float32)
         self._mean = (mean * 255.0).view(1, 3, 1, 1).to(self.device)
         self._inv_std = (1.0 / (std * 255.0)).view(1, 3, 1, 1).to(self.device)
 
@@ -322,7 +144,7 @@ class Segmenter:
         self.crop_size = _pair(crop_size if crop_size is not None else cfg.get("crop_size", (512, 512)),
                                "crop_size")
         if stride is None:
-            stride = cfg.get("stride") or (max(self.crop_size[0] * 2 // 3, 1), max(self.crop_size[1] * 2 // 3, 1))
+            stride = cfg.get("stride") or slide_stride(self.crop_size)
         self.stride = _pair(stride, "stride")
         if min(self.crop_size) < 1 or min(self.stride) < 1:
             raise ValueError(f"crop_size and stride must be positive, got {self.crop_size}, {self.stride}")
@@ -345,7 +167,7 @@ class Segmenter:
     def from_pretrained(cls, model: str, checkpoint: Optional[str] = None, **kwargs: Any) -> Segmenter:
         """``Segmenter.from_pretrained("segret_tiny.ade20k", tta=True)``: build the zoo model (or load a
         ``save_pretrained`` folder / Hub repo, or ``checkpoint`` for a zoo name) and wrap it."""
-        from segret_zoo.inference.cli import load_model
+        from segret_zoo.factory import load_model
 
         return cls(load_model(model, checkpoint), **kwargs)
 
@@ -374,7 +196,7 @@ class Segmenter:
                 try:
                     arrays.append(load_image(items[i]))
                     idx.append(i)
-                except ImageLoadError as err:
+                except ImageReadError as err:
                     if on_error == "raise":
                         raise
                     warnings.warn(str(err), stacklevel=2)

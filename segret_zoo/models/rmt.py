@@ -24,7 +24,7 @@ from segret_zoo.models.retention import ManhattanSelfAttention, head_decays, ret
 
 __all__ = ["RMT", "RMT_CONFIGS", "checkpoint_filter_fn", "remap_official_state_dict", "infer_rmt_variant"]
 
-# DESIGN.md §1.1. `decomposed`: per stage, row/column retention (official "chunkwise_recurrent").
+# Variant table of the RMT paper. `decomposed`: per stage, row/column retention (official "chunkwise_recurrent").
 RMT_CONFIGS: Dict[str, Dict[str, Any]] = {
     "rmt_t": dict(
         embed_dims=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(4, 4, 8, 16),
@@ -614,8 +614,8 @@ def _fetch_pretrained(variant: str, kwargs: Dict[str, Any]) -> None:
     manifest's sha256) and hand timm the local file, unless the caller already gave one."""
     from timm.models import get_pretrained_cfg
 
-    from segret_zoo.hub.io import hub_download
-    from segret_zoo.hub.manifest import hf_org
+    from segret_zoo.hub.download import hub_download
+    from segret_zoo.settings import hf_org
 
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
     if overlay.get("file") or overlay.get("state_dict") or overlay.get("url"):

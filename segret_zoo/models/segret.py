@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from segret_zoo.hub.io import read_state_dict
-from segret_zoo.hub.manifest import hf_org
+from segret_zoo.data.classes import DATASET_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD, slide_stride
 from segret_zoo.hub.mixin import HubMixin
 from segret_zoo.models.decoder import ZIRDecoder
 from segret_zoo.models.rmt import (
@@ -24,25 +21,16 @@ from segret_zoo.models.rmt import (
     remap_official_state_dict,
     unwrap_state_dict,
 )
+from segret_zoo.settings import hf_org
 
-__all__ = ["SegRet", "SEGRET_VARIANTS", "DATASET_DEFAULTS", "PAPER_RESULTS", "default_pretrained_cfg"]
+__all__ = ["SegRet", "SEGRET_VARIANTS", "PAPER_RESULTS", "default_pretrained_cfg", "segret_name_for_backbone"]
 
-# name -> backbone and decoder width (DESIGN.md §1.3)
+# name -> backbone and decoder width (the SegRet paper's four sizes)
 SEGRET_VARIANTS: Dict[str, Dict[str, Any]] = {
     "segret_tiny": dict(backbone="rmt_t", decoder_channels=256),
     "segret_small": dict(backbone="rmt_s", decoder_channels=256),
     "segret_base": dict(backbone="rmt_b", decoder_channels=256),
     "segret_large": dict(backbone="rmt_l", decoder_channels=512),
-}
-
-# dataset tag -> label set and evaluation protocol (mmsegmentation conventions, DESIGN.md §2-3)
-DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "ade20k": dict(num_classes=150, test_scale=(2048, 512), crop_size=(512, 512), reduce_zero_label=True,
-                   dataset_name="ADE20K (SceneParsing, 150 classes)", license="bsd-3-clause"),
-    "cityscapes": dict(num_classes=19, test_scale=(2048, 1024), crop_size=(512, 1024), reduce_zero_label=False,
-                       dataset_name="Cityscapes (19 train ids)", license="other"),
-    "cocostuff": dict(num_classes=171, test_scale=(2048, 512), crop_size=(512, 512), reduce_zero_label=False,
-                      dataset_name="COCO-Stuff 164k (171 classes)", license="cc-by-4.0"),
 }
 
 # mIoU (%) reported in the SegRet paper: single-scale / multi-scale+flip. Not measured by this project.
@@ -74,11 +62,11 @@ def default_pretrained_cfg(
         "tag": tag,
         "hf_hub_id": f"{hf_org()}/{architecture.replace('_', '-')}-{tag}" if architecture and tag else None,
         "hf_hub_filename": "model.safetensors",
-        "mean": tuple(IMAGENET_DEFAULT_MEAN),
-        "std": tuple(IMAGENET_DEFAULT_STD),
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
         "test_scale": tuple(data.get("test_scale", (2048, 512))),
         "crop_size": crop,
-        "stride": tuple(int(round(c * 2 / 3)) for c in crop),
+        "stride": slide_stride(crop),
         "num_classes": num_classes if num_classes is not None else data.get("num_classes"),
         "id2label": dict(id2label) if id2label else None,
         "dataset": tag,
@@ -92,6 +80,11 @@ def default_pretrained_cfg(
         ss, ms = PAPER_RESULTS[(architecture, tag)]
         cfg["paper_miou"] = {"single_scale": ss, "multi_scale_flip": ms, "source": "SegRet paper (not measured here)"}
     return cfg
+
+
+def segret_name_for_backbone(backbone: str) -> Optional[str]:
+    """``rmt_b`` -> ``segret_base`` (None for an unregistered backbone)."""
+    return next((n for n, v in SEGRET_VARIANTS.items() if v["backbone"] == backbone), None)
 
 
 def _backbone_kwargs(backbone: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
@@ -238,17 +231,48 @@ class SegRet(HubMixin, nn.Module):
     def no_weight_decay(self) -> set:
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
-    def load_backbone(self, source: Union[str, os.PathLike, Mapping[str, Any]], strict: bool = True) -> List[str]:
+    # ------------------------------------------------------------------------------ hub hooks
+    def checkpoint_mismatch_hint(self, state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+        """'checkpoint is for rmt_b/segret_base, you built segret_tiny' when both are known variants."""
+        sub = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+        if not sub:
+            return None
+        received, built = infer_rmt_variant(sub), describe_model(self.encoder)
+        if received == built:
+            return None
+
+        def label(rmt: str) -> str:
+            seg = segret_name_for_backbone(rmt)
+            return f"{rmt}/{seg}" if seg else rmt
+
+        return f"checkpoint is for {label(received)}, you built {segret_name_for_backbone(built) or built}"
+
+    @classmethod
+    def infer_config(cls, state_dict: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
+        """A config for a SegRet state dict without config.json, when its encoder is a registered variant."""
+        encoder = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
+        classifier = state_dict.get("decoder.classifier.weight")
+        backbone = infer_rmt_variant(encoder) if encoder else None
+        if backbone not in RMT_CONFIGS or classifier is None:
+            return None
+        arch = segret_name_for_backbone(backbone)
+        num_classes, channels = int(classifier.shape[0]), int(classifier.shape[1])
+        return {
+            "architecture": arch, "backbone": backbone, "num_classes": num_classes, "decoder_channels": channels,
+            "zir_fused": "decoder.folded.0.weight" in state_dict,
+            "pretrained_cfg": default_pretrained_cfg(arch, None, num_classes),
+        }
+
+    def load_backbone(self, state_dict: Mapping[str, Any], strict: bool = True) -> List[str]:
         """Load RMT encoder weights (and the per-stage norms when the checkpoint has them).
 
-        ``source`` is a path (``.pth``/``.pt``/``.safetensors``) or a state dict in the official
-        classification layout, the official segmentation layout (``backbone.`` keys with
-        ``extra_norms``), this project's RMT layout, or a SegRet state dict. Returns the names
-        of the loaded modules' keys that the checkpoint did not provide (e.g. ``feature_norms``
+        ``state_dict`` is in the official classification layout, the official segmentation layout
+        (``backbone.`` keys with ``extra_norms``), this project's RMT layout, or a SegRet state dict
+        (files are read by the factory: ``create_model(..., pretrained_backbone=PATH)``). Returns the
+        names of the loaded modules' keys that the checkpoint did not provide (e.g. ``feature_norms``
         for an ImageNet checkpoint).
         """
-        state = read_state_dict(source) if not isinstance(source, Mapping) else source
-        state = unwrap_state_dict(state)
+        state = unwrap_state_dict(state_dict)
         if any(k.startswith("encoder.") for k in state):  # a SegRet checkpoint
             state = {k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in state.items()
                      if k.startswith(("encoder.", "feature_norms."))}

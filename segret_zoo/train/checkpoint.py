@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 import torch
+
+from segret_zoo.files import atomic_write
 
 __all__ = ["atomic_save", "capture_rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint",
            "find_last", "list_checkpoints", "checkpoint_name", "CHECKPOINT_DIR"]
@@ -32,31 +33,12 @@ def checkpoint_name(iteration: int) -> str:
 
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save`` to a temp file next to ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """``torch.save`` through the one atomic writer: the old file stays until the new one is complete."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable (not possible on every platform / filesystem)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+
+    return atomic_write(path, write)
 
 
 def capture_rng_state() -> Dict[str, Any]:

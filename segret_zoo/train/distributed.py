@@ -17,8 +17,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "is_main_process", "barrier", "all_reduce_sum",
-           "all_reduce_max", "broadcast_object", "all_gather_object", "InfiniteShardedSampler",
+__all__ = ["DistInfo", "init_distributed", "cleanup", "barrier", "all_reduce_sum",
+           "broadcast_object", "all_gather_object", "InfiniteShardedSampler",
            "CPUSyncBatchNorm", "convert_sync_batchnorm", "env_world_size"]
 
 
@@ -83,11 +83,6 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def is_main_process() -> bool:
-    """True on rank 0 (and in a single process): the one that writes files."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def barrier() -> None:
     if _active():
         dist.barrier()
@@ -108,11 +103,6 @@ def _reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks (a new tensor; the input itself when not distributed)."""
     return _reduce(tensor, dist.ReduceOp.SUM)
-
-
-def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Max over ranks: any rank raising a stop flag stops all of them."""
-    return _reduce(tensor, dist.ReduceOp.MAX)
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:

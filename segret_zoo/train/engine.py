@@ -39,6 +39,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from segret_zoo.data.classes import DATASET_DEFAULTS, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, slide_stride
+from segret_zoo.data.datasets import build_dataset
+from segret_zoo.data.transforms import build_train_transform, seed_worker
+from segret_zoo.devices import resolve_device
+from segret_zoo.errors import DatasetLayoutError
+from segret_zoo.evaluate import evaluate
+from segret_zoo.factory import load_model
+from segret_zoo.files import write_json_atomic, write_text_atomic
+from segret_zoo.metrics import IoUMetric
 from segret_zoo.train import distributed as D
 from segret_zoo.train.checkpoint import (
     capture_rng_state,
@@ -53,10 +62,8 @@ from segret_zoo.train.optim import build_optimizer, build_scheduler
 from segret_zoo.train.plot import plot_curves
 from segret_zoo.train.recipes import get_recipe
 
-__all__ = ["TrainConfig", "train", "resolve_config", "NonFiniteLossError", "IGNORE_INDEX", "METRICS_FILE",
-           "PLOT_FILE"]
+__all__ = ["TrainConfig", "train", "resolve_config", "NonFiniteLossError", "METRICS_FILE", "PLOT_FILE"]
 
-IGNORE_INDEX = 255
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
 _AMP = ("none", "bf16", "fp16")
@@ -235,8 +242,6 @@ class _TrainView(Dataset):
 def _build_datasets(cfg: TrainConfig) -> Tuple[Any, Any]:
     train_ds, val_ds = cfg.train_dataset, cfg.val_dataset
     if train_ds is None or (val_ds is None and cfg.data):
-        from segret_zoo.data.datasets import DatasetLayoutError, build_dataset
-
         if train_ds is None:
             train_ds = build_dataset(cfg.data, split="train")  # type: ignore[arg-type]
         if val_ds is None and cfg.data:
@@ -251,43 +256,25 @@ def _build_datasets(cfg: TrainConfig) -> Tuple[Any, Any]:
 # model
 # --------------------------------------------------------------------------------------------------
 def _build_model(cfg: TrainConfig, train_ds: Any) -> nn.Module:
-    from segret_zoo.factory import create_model, from_pretrained
-
     num_classes = cfg.num_classes or getattr(train_ds, "num_classes", None)
     id2label = cfg.id2label
     classes = getattr(train_ds, "classes", None)
     if id2label is None and classes is not None and num_classes is not None and len(classes) == num_classes:
         id2label = {i: str(c) for i, c in enumerate(classes)}
-    kwargs = dict(cfg.model_kwargs)
-    if Path(cfg.model).exists():  # a save_pretrained folder or weights file: fine-tune it
-        model = from_pretrained(cfg.model, num_classes=num_classes, id2label=id2label, **kwargs)
-        model.train()
-    else:
-        model = create_model(cfg.model, pretrained=cfg.pretrained, num_classes=num_classes,
-                             pretrained_backbone=cfg.pretrained_backbone, checkpoint_path=cfg.checkpoint_path,
-                             id2label=id2label, **kwargs)
+    model = load_model(cfg.model, cfg.checkpoint_path, num_classes=num_classes, pretrained=cfg.pretrained,
+                       pretrained_backbone=cfg.pretrained_backbone, id2label=id2label, **cfg.model_kwargs)
+    model.train()
     pcfg = getattr(model, "pretrained_cfg", None)
     if isinstance(pcfg, dict):  # the exported model should describe how it was trained / is to be tested
         pcfg["crop_size"] = tuple(cfg.crop_size)
-        pcfg["stride"] = tuple(int(round(c * 2 / 3)) for c in cfg.crop_size)
+        pcfg["stride"] = slide_stride(cfg.crop_size)
         if cfg.scale is not None:
             pcfg["test_scale"] = tuple(cfg.scale)
         kind = (cfg.data or "").partition(":")[0]
-        if kind in ("ade20k", "cityscapes", "cocostuff"):
-            from segret_zoo.models.segret import DATASET_DEFAULTS
-
+        if kind in DATASET_DEFAULTS:
             pcfg["dataset"] = kind
             pcfg["reduce_zero_label"] = DATASET_DEFAULTS[kind]["reduce_zero_label"]
     return model
-
-
-def _resolve_device(name: Optional[str]) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)  # type: ignore[arg-type]
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but no CUDA GPU is visible; use device='cpu'")
-    return device
 
 
 def _seed_all(seed: int) -> None:
@@ -355,7 +342,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     Raises :class:`NonFiniteLossError` if the loss becomes NaN/inf (nothing of that step is saved).
     """
     cfg = resolve_config(cfg)
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     info = D.init_distributed(device.type)
     if device.type == "cuda" and info.distributed:
         device = torch.device("cuda", info.local_rank)
@@ -455,20 +442,16 @@ class _Run:
 
         transform, rng = None, None
         if self.train_mode_raw:
-            from segret_zoo.data.transforms import build_train_transform
-
             rng = _SampleRNG(cfg.seed)
             pcfg = getattr(model, "pretrained_cfg", {}) or {}
             transform = build_train_transform(
-                crop_size=cfg.crop_size, scale=cfg.scale, mean=pcfg.get("mean", (0.485, 0.456, 0.406)),
-                std=pcfg.get("std", (0.229, 0.224, 0.225)), rng=rng)  # type: ignore[arg-type]
+                crop_size=cfg.crop_size, scale=cfg.scale, mean=pcfg.get("mean", IMAGENET_MEAN),
+                std=pcfg.get("std", IMAGENET_STD), rng=rng)  # type: ignore[arg-type]
         self.sampler = D.InfiniteShardedSampler(len(self.train_ds), cfg.batch_size, info.world_size, info.rank,
                                                 cfg.accum_steps, cfg.seed, True, self.start_iter)
         self.loader = self._make_loader(_TrainView(self.train_ds, transform, rng))
 
     def _make_loader(self, view: Dataset) -> DataLoader:
-        from segret_zoo.data.transforms import seed_worker
-
         cfg = self.cfg
         gen = torch.Generator()
         gen.manual_seed(cfg.seed + 7919 * self.info.rank + self.start_iter)  # not the global RNG: resume-safe
@@ -505,8 +488,7 @@ class _Run:
                 p.unlink()
             for name in (METRICS_FILE, PLOT_FILE):
                 (self.run_dir / name).unlink(missing_ok=True)
-        (self.run_dir / "train_config.json").write_text(json.dumps(config_dict(self.cfg), indent=2) + "\n",
-                                                        encoding="utf-8")
+        write_json_atomic(self.run_dir / "train_config.json", config_dict(self.cfg))
 
     def _load(self, path: Path) -> None:
         state = load_checkpoint(path, self.module, self.optimizer, self.scheduler, self.scaler,
@@ -539,10 +521,7 @@ class _Run:
             f.write(json.dumps(record) + "\n")
 
     def _rewrite_history(self) -> None:
-        path = self.run_dir / METRICS_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def _plot(self) -> None:
         if self.is_main:
@@ -624,8 +603,6 @@ class _Run:
             if self.val_tensors:
                 res = self._evaluate_tensors(model)
             else:
-                from segret_zoo.evaluate import evaluate
-
                 res = evaluate(model, self.val_ds, device=self.device, progress=False,
                                distributed=self.info.distributed, dtype=self.amp_dtype)
         finally:
@@ -647,8 +624,6 @@ class _Run:
 
     def _evaluate_tensors(self, model: nn.Module) -> Dict[str, Any]:
         """Fast whole-image evaluation of a dataset of ready (image tensor, mask tensor) pairs."""
-        from segret_zoo.metrics import IoUMetric
-
         metric = IoUMetric(self.num_classes, ignore_index=IGNORE_INDEX)
         indices = list(range(len(self.val_ds)))[self.info.rank::self.info.world_size]
         bs = self.cfg.eval_batch_size or max(1, self.micro)

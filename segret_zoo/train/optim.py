@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["param_groups", "build_optimizer", "WarmupPoly", "build_scheduler", "group_lrs", "no_decay_names"]
+__all__ = ["param_groups", "build_optimizer", "WarmupPoly", "build_scheduler", "no_decay_names"]
 
 _NORM_TYPES: Tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
                                  nn.LocalResponseNorm)
@@ -114,9 +114,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_iters: int, warmup_i
         raise ValueError(f"min_lr must be >= 0, got {min_lr}")
     fn = WarmupPoly(total_iters, warmup_iters, warmup_ratio, power, min_ratio)
     return LambdaLR(optimizer, [fn] * len(optimizer.param_groups))
-
-
-def group_lrs(optimizer: torch.optim.Optimizer) -> List[float]:
-    """Current learning rate of each group (logging)."""
-    return [float(g["lr"]) for g in optimizer.param_groups]
-

@@ -1,4 +1,4 @@
-"""The paper's training settings as named recipes (DESIGN.md §2), so a run says ``--recipe ade20k-160k``
+"""The paper's training settings (the SegRet paper's mmsegmentation recipe) as named recipes, so a run says ``--recipe ade20k-160k``
 instead of restating crop, batch, schedule and scale by hand (and getting one of them wrong).
 
 ``batch_size`` is the *global* batch: images per optimizer step summed over all processes and

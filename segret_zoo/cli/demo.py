@@ -31,6 +31,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from PIL import Image
+
+from segret_zoo.data.synthetic import SHAPE_CLASSES, SyntheticShapes, make_image, make_split, save_samples
+from segret_zoo.errors import UserError
+from segret_zoo.factory import create_model, from_pretrained
+from segret_zoo.inference.predictor import Segmenter
+from segret_zoo.inference.visualize import colorize, overlay, palette_for
+from segret_zoo.train.engine import TrainConfig, train
 
 __all__ = ["DEMO_SETTINGS", "QUICK_SETTINGS", "run_demo", "add_cli"]
 
@@ -79,7 +87,6 @@ def _probe_step_time(model_kwargs: Dict[str, Any], num_classes: int, size: int, 
     but up to 10x slower when another process holds one of the cores (every parallel op then waits
     for the descheduled thread), so both are timed on a throw-away model and the faster is used.
     """
-    from segret_zoo.factory import create_model
 
     model = create_model("segret_tiny", num_classes=num_classes, **model_kwargs)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -129,13 +136,7 @@ def run_demo(
     ``DEMO_SETTINGS`` / ``QUICK_SETTINGS`` (for experiments).
     """
     t0 = time.perf_counter()
-    from PIL import Image
 
-    from segret_zoo.data.synthetic import SHAPE_CLASSES, SyntheticShapes, make_image, make_split, save_samples
-    from segret_zoo.factory import from_pretrained
-    from segret_zoo.inference.predictor import Segmenter
-    from segret_zoo.inference.visualize import colorize, overlay, palette_for
-    from segret_zoo.train.engine import TrainConfig, train
 
     settings = dict(QUICK_SETTINGS if quick else DEMO_SETTINGS)
     unknown = set(overrides) - set(settings) - {"model_kwargs", "flip", "amp"}
@@ -248,7 +249,6 @@ def run_demo(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from segret_zoo.cli import UserError
 
     if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
         raise UserError(f"--seconds must be a positive number, got {args.seconds}")

@@ -11,18 +11,21 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import timm
 import torch
 
-from segret_zoo.cli import UserError
-from segret_zoo.hub.io import CONFIG_NAME, README_NAME, WEIGHTS_NAME, read_config
+from segret_zoo.errors import UserError
+from segret_zoo.files import write_text_atomic
+from segret_zoo.hub.download import CONFIG_NAME, README_NAME, WEIGHTS_NAME, parse_hub_name
 from segret_zoo.hub.manifest import file_sha256, find_entry
+from segret_zoo.hub.mixin import CITATION_BIBTEX, render_model_card, upload_folder_to_hub
+from segret_zoo.hub.weights import read_config
+from segret_zoo.models.segret import SegRet
 
 __all__ = ["add_cli", "verify_model_folder", "push_folder"]
 
 
 def _rmt_model_card(config: Dict[str, Any], repo_id: str) -> str:
-    from segret_zoo.hub.mixin import CITATION_BIBTEX
-
     arch = config.get("architecture", "rmt")
     return "\n".join([
         "---", "library_name: timm", "license: apache-2.0", "pipeline_tag: image-classification",
@@ -52,16 +55,10 @@ def verify_model_folder(folder: Path) -> Dict[str, Any]:
     x = torch.randn(1, 3, 64, 64)
     try:
         if arch.startswith("rmt_"):
-            import timm
-
-            import segret_zoo  # noqa: F401  (registers rmt_*)
-
             model = timm.create_model(arch, pretrained=True, num_classes=int(config.get("num_classes", 0)),
                                       pretrained_cfg_overlay=dict(file=str(weights)))
             out = model.eval().forward_features(x)
         else:
-            from segret_zoo.models.segret import SegRet
-
             model = SegRet.from_pretrained(folder)
             out = model(x)
             if tuple(out.shape) != (1, model.num_classes, 64, 64):
@@ -78,15 +75,12 @@ def verify_model_folder(folder: Path) -> Dict[str, Any]:
 def push_folder(folder: Path, repo_id: str, *, token: Optional[str] = None, private: bool = False,
                 revision: Optional[str] = None, commit_message: Optional[str] = None) -> Dict[str, Any]:
     """Verify then upload `folder`; returns what the manifest needs (size, sha256, commit)."""
-    from segret_zoo.hub.io import parse_hub_name
-    from segret_zoo.hub.mixin import render_model_card, upload_folder_to_hub, write_files_atomically
-
     parse_hub_name(repo_id)  # validates 'org/name' before any work
     config = verify_model_folder(folder)
     if not (folder / README_NAME).is_file():  # convert-rmt folders have no model card yet
         card = (_rmt_model_card(config, repo_id) if str(config.get("architecture", "")).startswith("rmt_")
                 else render_model_card(config, repo_id))
-        write_files_atomically(folder, [(README_NAME, lambda p: p.write_text(card, encoding="utf-8"))])
+        write_text_atomic(folder / README_NAME, card)
         print(f"wrote {folder / README_NAME} (model card)")
     info = upload_folder_to_hub(folder, repo_id, token=token, private=private, revision=revision,
                                 commit_message=commit_message or f"Upload {config.get('architecture')} with segret-zoo")
@@ -116,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
+def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "push", help="upload a saved model folder to the Hugging Face Hub",
         description="Check that MODEL_DIR (save_pretrained / convert-rmt output) loads and runs, then upload its "

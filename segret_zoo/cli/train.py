@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any, Dict
 
+from segret_zoo.errors import UserError
+from segret_zoo.train.engine import NonFiniteLossError, TrainConfig, train
+from segret_zoo.train.recipes import list_recipes
+
 __all__ = ["add_cli", "run_train", "config_from_args"]
 
 
@@ -24,9 +28,6 @@ def _bool_or_path(value: str) -> Any:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`TrainConfig` an argument namespace asks for (only given options override)."""
-    from segret_zoo.cli import UserError
-    from segret_zoo.train.engine import TrainConfig
-    from segret_zoo.train.recipes import list_recipes
 
     if args.recipe is not None and args.recipe not in list_recipes():
         raise UserError(f"unknown recipe {args.recipe!r}; available: {', '.join(list_recipes())}")
@@ -59,8 +60,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run training; print where the results are; map interruption signals to 128 + signal number."""
-    from segret_zoo.cli import UserError
-    from segret_zoo.train.engine import NonFiniteLossError, train
 
     cfg = config_from_args(args)
     try:

@@ -11,58 +11,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
-import torch
+from tqdm import tqdm
 
-from segret_zoo.cli import UserError
+from segret_zoo.data.images import load_image
+from segret_zoo.devices import resolve_device, resolve_dtype
+from segret_zoo.errors import ImageReadError, UserError
+from segret_zoo.factory import load_model
+from segret_zoo.inference.export import export_onnx
+from segret_zoo.inference.predictor import Segmenter
+from segret_zoo.inference.visualize import colorize, legend, overlay, palette_for, pixel_shares, shares_record
 
-__all__ = ["add_cli", "load_model", "resolve_device", "resolve_dtype", "run_predict", "run_export_onnx"]
-
-
-# ------------------------------------------------------------------------------ shared helpers
-def load_model(spec: str, checkpoint: Optional[str] = None, num_classes: Optional[int] = None,
-               pretrained: Optional[bool] = None) -> torch.nn.Module:
-    """Build the model a command asked for.
-
-    ``spec`` is a zoo name (``segret_tiny`` or ``segret_tiny.ade20k``), a local folder/file written by
-    ``save_pretrained``, or a Hub repo id. ``checkpoint`` (a weights file or a ``save_pretrained``
-    folder) supplies the weights for a zoo name. ``pretrained=None`` means "download the published
-    weights" for a zoo name; export passes False for an untagged name so it works offline.
-    """
-    import segret_zoo  # lazy: the factory lives in the hub package and pulls in the Hub client
-
-    kwargs: Dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
-    if checkpoint is not None:
-        if Path(checkpoint).is_dir():
-            return segret_zoo.from_pretrained(checkpoint, **kwargs)
-        if not Path(checkpoint).is_file():
-            raise UserError(f"checkpoint {checkpoint} does not exist; pass a weights file or a save_pretrained folder")
-        return segret_zoo.create_model(spec, checkpoint_path=checkpoint, **kwargs)
-    if Path(spec).exists() or spec.startswith("hf-hub:") or "/" in spec:
-        return segret_zoo.from_pretrained(spec, **kwargs)
-    return segret_zoo.create_model(spec, pretrained=True if pretrained is None else pretrained, **kwargs)
+__all__ = ["add_cli", "run_predict", "run_export_onnx"]
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an unavailable cuda is a user error, not a crash later."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> Optional[torch.dtype]:
-    """``auto``: bf16 autocast on GPUs that support it (fp16 otherwise), full precision on CPU."""
-    if name == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
+# ------------------------------------------------------------------------------ helpers
 def _expand_inputs(items: Sequence[str]) -> List[Path]:
     """Paths as given; a directory stands for the image files directly inside it (sorted)."""
     from PIL import Image
@@ -93,18 +57,6 @@ def _unique_stems(paths: Sequence[Path]) -> List[str]:
 # ------------------------------------------------------------------------------ predict
 def run_predict(args: argparse.Namespace) -> int:
     """Segment every image, writing label PNG, overlay and shares JSON; non-zero exit if any failed."""
-    from tqdm import tqdm
-
-    from segret_zoo.inference.predictor import ImageLoadError, Segmenter, load_image
-    from segret_zoo.inference.visualize import (
-        colorize,
-        legend,
-        overlay,
-        palette_for,
-        pixel_shares,
-        shares_record,
-    )
-
     paths = _expand_inputs(args.images)
     if not paths:
         raise UserError(f"no image files found in {' '.join(args.images)}")
@@ -131,7 +83,7 @@ def run_predict(args: argparse.Namespace) -> int:
         for i in range(start, min(start + args.batch_size, len(paths))):
             try:
                 batch.append((i, load_image(paths[i])))
-            except ImageLoadError as err:
+            except ImageReadError as err:
                 report(str(err))
         try:
             labels = seg.predict_arrays([rgb for _, rgb in batch]) if batch else []
@@ -162,13 +114,11 @@ def run_predict(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ export-onnx
 def run_export_onnx(args: argparse.Namespace) -> int:
     """Export with dynamic batch/H/W (ZIR folded); ``--check`` validates and compares with onnxruntime."""
-    from segret_zoo.inference.export import export_onnx
-
     if args.opset < 17:
         raise UserError(f"--opset {args.opset} is too old; use 17 or newer (LayerNormalization)")
     local_or_hub = Path(args.model).exists() or "/" in args.model or args.model.startswith("hf-hub:")
     tagged = "." in args.model and not local_or_hub
-    model = load_model(args.model, args.checkpoint, args.num_classes, pretrained=tagged)
+    model = load_model(args.model, args.checkpoint, num_classes=args.num_classes, pretrained=tagged)
     if args.checkpoint is None and not tagged and not local_or_hub:
         print(f"segret-zoo export-onnx: note: {args.model} has no weights tag and no --checkpoint: exporting "
               f"randomly initialized weights (use e.g. {args.model}.ade20k for trained ones)", file=sys.stderr)

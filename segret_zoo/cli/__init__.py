@@ -1,47 +1,32 @@
-"""`segret-zoo` command line: one sub-command per job, each defined next to the code it drives.
+"""`segret-zoo` command line: the top layer, one module per sub-command in this package.
 
 Every module listed in ``COMMANDS`` exposes ``add_cli(subparsers)``, which adds its parser and sets
-``func`` (called with the parsed namespace, returning an exit code). Modules are imported only
-when the command list is built, so ``segret-zoo --help`` stays quick.
+``func`` (called with the parsed namespace, returning an exit code). Library code never imports
+this package; errors meant for the user are :class:`segret_zoo.errors.UserError` and print as one line.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Optional, Sequence
 
-# command module -> the sub-commands it adds (kept here so --help lists them in a stable order)
-COMMANDS = (
-    "segret_zoo.demo",
-    "segret_zoo.train.cli",
-    "segret_zoo.evaluate",
-    "segret_zoo.inference.cli",
-    "segret_zoo.convert",
-    "segret_zoo.hub.cli",
-)
+from segret_zoo.cli import convert, demo, predict, push, train
+from segret_zoo.cli import eval as eval_command
+from segret_zoo.errors import UserError
+from segret_zoo.version import __version__
 
-
-class UserError(Exception):
-    """An error caused by the user's input; the CLI prints its message on one line, no traceback."""
+# in the order --help lists them
+COMMANDS = (demo, train, eval_command, predict, convert, push)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from segret_zoo import __version__
-
     parser = argparse.ArgumentParser(
         prog="segret-zoo",
         description="SegRet model zoo: demo, train, evaluate, predict, export, convert and publish.",
     )
     parser.add_argument("--version", action="version", version=f"segret-zoo {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:  # a command whose module is not in this build
-            if err.name == module_name:
-                continue
-            raise
+    for module in COMMANDS:
         module.add_cli(subparsers)
     return parser
 

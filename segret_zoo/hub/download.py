@@ -1,26 +1,21 @@
-"""Finding, downloading, reading and checking checkpoints.
+"""Where weights come from: Hub repo id, Hub cache, local folder or file, and the checked download.
 
-One place decides where weights come from (Hub repo id, Hub cache, local folder, ``.safetensors``
-or ``.pth`` file) so that every entry point (factory, ``from_pretrained``, torch.hub, CLI) fails the
-same way: fast when the Hub is unreachable, and with a message that names the repo, the file and how
-to supply it locally. Only ``model.safetensors`` and ``config.json`` are ever downloaded.
+One place decides this so that every entry point (factory, ``from_pretrained``, torch.hub, CLI) fails
+the same way: fast when the Hub is unreachable, and with a message that names the repo, the file and
+how to supply it locally. Downloads are checked against the weights manifest. Knows no model names.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
-import pickle
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
-import torch
-from torch import nn
-
-from segret_zoo.cli import UserError
+from segret_zoo.errors import CheckpointError, WeightsNotFoundError
 from segret_zoo.hub.manifest import find_entry, verify_file
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -34,14 +29,6 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Seconds to wait for the Hub to answer the first (metadata) request; no retries follow.
 HUB_TIMEOUT_ENV = "SEGRET_ZOO_HUB_TIMEOUT"
 DEFAULT_HUB_TIMEOUT = 5.0
-
-
-class WeightsNotFoundError(UserError, FileNotFoundError):
-    """The weights asked for cannot be obtained (not cached, Hub unreachable, repo or file missing)."""
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
 
 
 @dataclass(frozen=True)
@@ -216,8 +203,6 @@ def seed_hub_cache(
     for tests. Uses the cache's documented layout: ``models--org--name/{blobs,refs,snapshots}``;
     returns the snapshot folder.
     """
-    import hashlib
-
     from huggingface_hub import constants
 
     files = sorted(p for p in Path(folder).iterdir() if p.is_file())
@@ -314,204 +299,3 @@ def resolve_source(
     return ResolvedSource(weights, config, f"{repo_id}" + (f"@{revision}" if revision else ""), repo_id, revision)
 
 
-# ----------------------------------------------------------------------------------- reading
-def _redownload_hint(path: Path) -> str:
-    if any(p.startswith("models--") for p in path.parts):  # a Hugging Face cache snapshot
-        return ("re-download with hf_hub_download(..., force_download=True) or "
-                "from_pretrained(..., force_download=True) (or delete it from the Hugging Face cache)")
-    return "re-download or re-create it (save_pretrained, `segret-zoo convert-rmt`) and copy it again"
-
-
-def _sniff_format(path: Path) -> str:
-    """'safetensors' or 'torch', from the extension, else from the first bytes."""
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        return "safetensors"
-    if suffix in TORCH_SUFFIXES:
-        return "torch"
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return "torch"
-    return "safetensors"
-
-
-def _unwrap(obj: Any, use_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """Weights inside a training checkpoint (``model``/``state_dict``/...), without a DDP prefix."""
-    from segret_zoo.models.rmt import unwrap_state_dict
-
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"expected a state dict (name -> tensor), found {type(obj).__name__}")
-    return {k: v for k, v in unwrap_state_dict(obj, use_ema=use_ema).items() if isinstance(v, torch.Tensor)}
-
-
-def read_state_dict(path: PathLike, use_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """All tensors of a ``.safetensors`` or PyTorch checkpoint file, on the CPU.
-
-    PyTorch files are read with ``weights_only=True``: a checkpoint never runs code on load. A
-    training checkpoint's weights are taken from ``model`` (``model_ema`` first with ``use_ema``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"checkpoint {path} does not exist")
-    if _sniff_format(path) == "safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as err:  # SafetensorError (bad header, short file), JSON / UTF-8 errors
-            raise CheckpointError(
-                f"{path} is not a valid safetensors file (truncated or corrupted): {_redownload_hint(path)}. "
-                f"Reader said: {err}"
-            ) from err
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(
-            f"{path} is not a valid PyTorch checkpoint (truncated, corrupted, or holding objects other "
-            f"than tensors, which weights_only loading refuses): {_redownload_hint(path)}. Reader said: "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
-        ) from err
-    return _unwrap(obj, use_ema)
-
-
-def read_config(path: PathLike) -> Dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}): re-create or re-download it") from err
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, found {type(config).__name__}")
-    return config
-
-
-# ------------------------------------------------------------------------------ matching keys
-def classifier_keys(model: nn.Module) -> List[str]:
-    """State-dict keys of the final classifier (the only ones a new ``num_classes`` may replace).
-
-    Found through timm's ``get_classifier()`` or ``pretrained_cfg["classifier"]``, else SegRet's
-    ``decoder.classifier``.
-    """
-    get = getattr(model, "get_classifier", None)
-    module = get() if callable(get) else None
-    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    if module is None and name:
-        module = model.get_submodule(name)
-    if module is None:
-        module = getattr(getattr(model, "decoder", None), "classifier", None)
-    prefix = next((n for n, m in model.named_modules() if m is module), None) if module is not None else None
-    if not prefix:
-        return []
-    return [f"{prefix}.{k}" for k in module.state_dict()]
-
-
-def _tied_groups(model: nn.Module) -> List[List[str]]:
-    """Groups of state-dict keys that share one tensor (safetensors stores each only once)."""
-    groups: Dict[Tuple[int, int, Tuple[int, ...], Tuple[int, ...]], List[str]] = {}
-    for key, value in model.state_dict(keep_vars=False).items():
-        if value.device.type == "meta":
-            continue
-        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride())
-        groups.setdefault(ident, []).append(key)
-    return [g for g in groups.values() if len(g) > 1]
-
-
-def _short(keys: Iterable[str], limit: int = 12) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "") if keys else "none"
-
-
-def _variant_hint(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
-    """'checkpoint is for rmt_b/segret_base, you built segret_tiny' when both are known variants."""
-    encoder = getattr(model, "encoder", None)
-    if not isinstance(encoder, nn.Module):
-        return None
-    from segret_zoo.models.rmt import describe_model, infer_rmt_variant
-
-    sub = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
-    if not sub:
-        return None
-    received, built = infer_rmt_variant(sub), describe_model(encoder)
-    if received == built:
-        return None
-    from segret_zoo.factory import segret_name_for_backbone
-
-    def label(rmt: str) -> str:
-        seg = segret_name_for_backbone(rmt)
-        return f"{rmt}/{seg}" if seg else rmt
-
-    return f"checkpoint is for {label(received)}, you built {segret_name_for_backbone(built) or built}"
-
-
-def _model_label(model: nn.Module) -> str:
-    return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
-
-
-def _looks_like_backbone_only(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """An RMT ImageNet or backbone-only checkpoint passed where a full SegRet one was expected."""
-    own_top = {k.split(".", 1)[0] for k in model.state_dict()} - {"encoder"}
-    ckpt_top = {k.split(".", 1)[0] for k in state_dict}
-    return bool(state_dict) and not (own_top & ckpt_top)
-
-
-def match_state_dict(
-    model: nn.Module,
-    state_dict: Mapping[str, torch.Tensor],
-    *,
-    source: str = "checkpoint",
-) -> Dict[str, torch.Tensor]:
-    """Check a full-model checkpoint against ``model`` and return what to load.
-
-    A classifier of another width (fine-tuning to a new ``num_classes``) is dropped with a warning
-    naming its keys; every other difference is an error listing missing, unexpected and mismatched
-    keys, so a wrong checkpoint is never half-loaded.
-    """
-    own = model.state_dict()
-    state = dict(state_dict)
-    for group in _tied_groups(model):  # fill aliases that safetensors stored once
-        present = [k for k in group if k in state]
-        if present:
-            for k in group:
-                state.setdefault(k, state[present[0]])
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    head = set(classifier_keys(model))
-    if not missing and not unexpected and mismatched and set(mismatched) <= head:
-        shapes = ", ".join(f"{k} {list(state[k].shape)} -> {list(own[k].shape)}" for k in mismatched)
-        warnings.warn(
-            f"{source}: the classifier has another number of classes than the model ({shapes}); dropping "
-            f"{', '.join(sorted(head & set(state)))} and keeping the new, randomly initialised classifier "
-            "(expected when fine-tuning to another dataset)",
-            UserWarning,
-            stacklevel=3,
-        )
-        return {k: v for k, v in state.items() if k not in head}
-    if not missing and not unexpected and not mismatched:
-        return state
-    hint = _variant_hint(model, state)
-    if hint is None and _looks_like_backbone_only(model, state):
-        hint = ("this looks like an RMT backbone (ImageNet or segmentation-backbone) checkpoint, not a SegRet "
-                "one: pass it as pretrained_backbone=PATH to create_model")
-    shapes = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}" for k in mismatched]
-    raise CheckpointError(
-        f"{source} does not fit {_model_label(model)}"
-        + (f": {hint}" if hint else "")
-        + f". Missing keys: {_short(missing)}. Unexpected keys: {_short(unexpected)}. "
-        f"Shape mismatches: {_short(shapes, 6)}"
-    )
-
-
-def load_checkpoint_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> List[str]:
-    """Load a checked full-model state dict; returns the keys left at their initial values.
-
-    A checkpoint saved after ``fuse_zir()`` holds the folded decoder: the model is folded to match.
-    """
-    decoder = getattr(model, "decoder", None)
-    if any(k.startswith("decoder.folded.") for k in state_dict) and not getattr(decoder, "fused", True):
-        model.fuse_zir()  # type: ignore[operator]
-    state = match_state_dict(model, state_dict, source=source)
-    result = model.load_state_dict(state, strict=False)
-    return list(result.missing_keys)

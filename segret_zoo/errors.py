@@ -1,0 +1,45 @@
+"""The exceptions users see. Raising one needs no CLI import; the CLI prints their message on one line.
+
+Each subclasses the builtin a caller would catch (``FileNotFoundError``, ``ValueError``) so library
+users keep their usual ``except`` clauses, and :class:`UserError` so the command line can tell "your
+input is wrong" (one line, exit 2) from a bug (a traceback).
+"""
+
+__all__ = [
+    "UserError",
+    "WeightsNotFoundError",
+    "CheckpointError",
+    "ImageReadError",
+    "DatasetLayoutError",
+    "MaskValueError",
+    "OptionError",
+]
+
+
+class UserError(Exception):
+    """An error caused by the user's input; the CLI prints its message on one line, no traceback."""
+
+
+class WeightsNotFoundError(UserError, FileNotFoundError):
+    """The weights asked for cannot be obtained (not cached, Hub unreachable, repo or file missing)."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
+
+
+class ImageReadError(UserError, ValueError):
+    """An input that cannot become an RGB image or a label mask. The message is one line and starts
+    with the file's name, so a batch job can report it and go on with the next file."""
+
+
+class DatasetLayoutError(UserError, FileNotFoundError):
+    """The dataset folder does not have the expected layout (missing folders, images or masks)."""
+
+
+class MaskValueError(UserError, ValueError):
+    """A mask holds values that are not valid labels for its dataset (after any id mapping)."""
+
+
+class OptionError(UserError, ValueError):
+    """An option value that is not allowed (an unknown device or dtype, a GPU that is not there)."""

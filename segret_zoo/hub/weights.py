@@ -1,0 +1,214 @@
+"""Reading checkpoint files and checking a state dict against a model before it is loaded.
+
+PyTorch files are read with ``weights_only=True`` (a checkpoint never runs code on load); a training
+checkpoint's weights are taken from its container (``model``, ``state_dict``, ...). A state dict that
+does not fit is never half-loaded: the error lists missing, unexpected and mismatched keys, plus a
+hint from the model itself (``checkpoint_mismatch_hint``) when it can tell what the file is for.
+Knows no model names.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from segret_zoo.errors import CheckpointError, WeightsNotFoundError
+from segret_zoo.hub.download import TORCH_SUFFIXES
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+# ----------------------------------------------------------------------------------- reading
+def _redownload_hint(path: Path) -> str:
+    if any(p.startswith("models--") for p in path.parts):  # a Hugging Face cache snapshot
+        return ("re-download with hf_hub_download(..., force_download=True) or "
+                "from_pretrained(..., force_download=True) (or delete it from the Hugging Face cache)")
+    return "re-download or re-create it (save_pretrained, `segret-zoo convert-rmt`) and copy it again"
+
+
+def _sniff_format(path: Path) -> str:
+    """'safetensors' or 'torch', from the extension, else from the first bytes."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in TORCH_SUFFIXES:
+        return "torch"
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    return "safetensors"
+
+
+def unwrap_checkpoint(obj: Any, use_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """The tensors inside a checkpoint container (``model``/``model_ema``/``state_dict``, or bare),
+    without a DistributedDataParallel ``module.`` prefix."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"expected a state dict (name -> tensor), found {type(obj).__name__}")
+    keys = ("model_ema", "model", "state_dict") if use_ema else ("model", "state_dict", "model_ema")
+    state: Mapping[str, Any] = next((obj[k] for k in keys if isinstance(obj.get(k), Mapping)), obj)
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()
+            if isinstance(v, torch.Tensor)}
+
+
+def read_state_dict(path: PathLike, use_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """All tensors of a ``.safetensors`` or PyTorch checkpoint file, on the CPU.
+
+    PyTorch files are read with ``weights_only=True``: a checkpoint never runs code on load. A
+    training checkpoint's weights are taken from ``model`` (``model_ema`` first with ``use_ema``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"checkpoint {path} does not exist")
+    if _sniff_format(path) == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError (bad header, short file), JSON / UTF-8 errors
+            raise CheckpointError(
+                f"{path} is not a valid safetensors file (truncated or corrupted): {_redownload_hint(path)}. "
+                f"Reader said: {err}"
+            ) from err
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(
+            f"{path} is not a valid PyTorch checkpoint (truncated, corrupted, or holding objects other "
+            f"than tensors, which weights_only loading refuses): {_redownload_hint(path)}. Reader said: "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from err
+    return unwrap_checkpoint(obj, use_ema)
+
+
+def read_config(path: PathLike) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}): re-create or re-download it") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, found {type(config).__name__}")
+    return config
+
+
+# ------------------------------------------------------------------------------ matching keys
+def classifier_keys(model: nn.Module) -> List[str]:
+    """State-dict keys of the final classifier (the only ones a new ``num_classes`` may replace).
+
+    Found through timm's ``get_classifier()`` or ``pretrained_cfg["classifier"]``, else SegRet's
+    ``decoder.classifier``.
+    """
+    get = getattr(model, "get_classifier", None)
+    module = get() if callable(get) else None
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if module is None and name:
+        module = model.get_submodule(name)
+    if module is None:
+        module = getattr(getattr(model, "decoder", None), "classifier", None)
+    prefix = next((n for n, m in model.named_modules() if m is module), None) if module is not None else None
+    if not prefix:
+        return []
+    return [f"{prefix}.{k}" for k in module.state_dict()]
+
+
+def _tied_groups(model: nn.Module) -> List[List[str]]:
+    """Groups of state-dict keys that share one tensor (safetensors stores each only once)."""
+    groups: Dict[Any, List[str]] = {}
+    for key, value in model.state_dict(keep_vars=False).items():
+        if value.device.type == "meta":
+            continue
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), value.stride())
+        groups.setdefault(ident, []).append(key)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _short(keys: Iterable[str], limit: int = 12) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "") if keys else "none"
+
+
+def _model_hint(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """What the model itself can tell about a checkpoint that does not fit it (e.g. its variant)."""
+    hook = getattr(model, "checkpoint_mismatch_hint", None)
+    return hook(state_dict) if callable(hook) else None
+
+
+def _model_label(model: nn.Module) -> str:
+    return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+
+
+def _looks_like_backbone_only(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """An RMT ImageNet or backbone-only checkpoint passed where a full SegRet one was expected."""
+    own_top = {k.split(".", 1)[0] for k in model.state_dict()} - {"encoder"}
+    ckpt_top = {k.split(".", 1)[0] for k in state_dict}
+    return bool(state_dict) and not (own_top & ckpt_top)
+
+
+def match_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str = "checkpoint",
+) -> Dict[str, torch.Tensor]:
+    """Check a full-model checkpoint against ``model`` and return what to load.
+
+    A classifier of another width (fine-tuning to a new ``num_classes``) is dropped with a warning
+    naming its keys; every other difference is an error listing missing, unexpected and mismatched
+    keys, so a wrong checkpoint is never half-loaded.
+    """
+    own = model.state_dict()
+    state = dict(state_dict)
+    for group in _tied_groups(model):  # fill aliases that safetensors stored once
+        present = [k for k in group if k in state]
+        if present:
+            for k in group:
+                state.setdefault(k, state[present[0]])
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    head = set(classifier_keys(model))
+    if not missing and not unexpected and mismatched and set(mismatched) <= head:
+        shapes = ", ".join(f"{k} {list(state[k].shape)} -> {list(own[k].shape)}" for k in mismatched)
+        warnings.warn(
+            f"{source}: the classifier has another number of classes than the model ({shapes}); dropping "
+            f"{', '.join(sorted(head & set(state)))} and keeping the new, randomly initialised classifier "
+            "(expected when fine-tuning to another dataset)",
+            UserWarning,
+            stacklevel=3,
+        )
+        return {k: v for k, v in state.items() if k not in head}
+    if not missing and not unexpected and not mismatched:
+        return state
+    hint = _model_hint(model, state)
+    if hint is None and _looks_like_backbone_only(model, state):
+        hint = ("this looks like an RMT backbone (ImageNet or segmentation-backbone) checkpoint, not a SegRet "
+                "one: pass it as pretrained_backbone=PATH to create_model")
+    shapes = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}" for k in mismatched]
+    raise CheckpointError(
+        f"{source} does not fit {_model_label(model)}"
+        + (f": {hint}" if hint else "")
+        + f". Missing keys: {_short(missing)}. Unexpected keys: {_short(unexpected)}. "
+        f"Shape mismatches: {_short(shapes, 6)}"
+    )
+
+
+def load_checkpoint_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str) -> List[str]:
+    """Load a checked full-model state dict; returns the keys left at their initial values.
+
+    A checkpoint saved after ``fuse_zir()`` holds the folded decoder: the model is folded to match.
+    """
+    decoder = getattr(model, "decoder", None)
+    if any(k.startswith("decoder.folded.") for k in state_dict) and not getattr(decoder, "fused", True):
+        model.fuse_zir()  # type: ignore[operator]
+    state = match_state_dict(model, state_dict, source=source)
+    result = model.load_state_dict(state, strict=False)
+    return list(result.missing_keys)
