@@ -434,6 +434,10 @@ class HubMixin(
                 f"this is an RMT backbone checkpoint ({arch}), not a SegRet model: use "
                 f"create_model('segret_...', pretrained_backbone=PATH_TO_ITS_model.safetensors)")
         cls.check_config_types(config, source=source)
+        labels, count = config.get("id2label"), config.get("num_classes")
+        if num_classes is None and isinstance(labels, dict) and isinstance(count, int) and len(labels) != count:
+            raise CheckpointError(f"{source}: num_classes is {count} but id2label names {len(labels)} classes; "
+                                  "make them agree (or re-create the folder with save_pretrained)")
         model_cfg = _untuple({k: v for k, v in config.items() if k not in _HUB_KEYS})
         model_cfg["id2label"] = _int_keys(config.get("id2label"))
         if num_classes is not None and num_classes != model_cfg.get("num_classes"):
@@ -495,7 +499,7 @@ class HubMixin(
             config = cls.config_from_state_dict(state_dict, source=src.description)
             where = src.description
         model = cls.from_hub_config(config, num_classes=num_classes, id2label=id2label, source=where, **overrides)
-        new_classifier = num_classes is not None and num_classes != config.get("num_classes")
+        new_classifier = num_classes is not None  # an explicit count is the user asking for it
         load_checkpoint_into(model, state_dict, source=src.description, new_classifier=new_classifier)  # type: ignore[arg-type]
         if src.repo_id is not None:
             model.pretrained_cfg.update(hf_hub_id=src.repo_id, hf_hub_filename=WEIGHTS_NAME,
