@@ -212,7 +212,8 @@ def _create_from_hub_name(name: str, pretrained: Union[bool, str], num_classes: 
     config_path = hub_download(repo_id, CONFIG_NAME, **hub)
     assert config_path is not None
     return SegRet.from_hub_config(read_config(config_path), num_classes=num_classes,
-                                  id2label=dict(id2label) if id2label is not None else None, **kwargs)
+                                  id2label=dict(id2label) if id2label is not None else None,
+                                  source=f"{repo_id}/{CONFIG_NAME}", **kwargs)
 
 
 def from_pretrained(pretrained_model_name_or_path: PathLike, **kwargs: Any) -> torch.nn.Module:
