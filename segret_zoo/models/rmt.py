@@ -9,6 +9,7 @@ Registered with timm on ``import segret_zoo``: ``rmt_t``, ``rmt_s``, ``rmt_b``, 
 ``checkpoint_filter_fn`` converts the official checkpoints (classification ``.pth`` and the
 mmsegmentation backbone) into this layout losslessly.
 """
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -61,7 +62,30 @@ def check_image_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:
         raise ValueError(
             f"RMT expects {in_chans} input channels (B x {in_chans} x H x W), got shape {list(x.shape)}; "
             f"convert the image to RGB or build the model with in_chans={x.shape[1]}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"RMT expects a floating-point image batch, got dtype {x.dtype}; convert and normalise it first, "
+            "e.g. (x.float() / 255 - mean) / std with the model's pretrained_cfg mean/std")
+    if x.numel() == 0:
+        raise ValueError(f"RMT got an empty image batch of shape {list(x.shape)}; every dimension must be >= 1")
+    if not torch.jit.is_scripting():
+        _warn_if_not_finite(x)
     return x
+
+
+@torch.jit.unused
+def _warn_if_not_finite(x: torch.Tensor) -> None:
+    """NaN or inf in the input spreads to every logit; say so instead of returning all-NaN silently.
+
+    Eager only: a compiled or exported graph keeps no data-dependent branch.
+    """
+    if torch.compiler.is_compiling() or isinstance(x, torch.fx.Proxy) or x.device.type == "meta":
+        return
+    if not bool(torch.isfinite(x).all()):
+        warnings.warn(
+            f"the input batch holds {int((~torch.isfinite(x)).sum())} NaN/inf values; the model's outputs "
+            "will be NaN there and around them: check the image loading and normalisation", RuntimeWarning,
+            stacklevel=4)
 
 
 # Leaves for a plain torch.fx.symbolic_trace too (timm's tracer knows them through
