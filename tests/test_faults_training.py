@@ -462,3 +462,30 @@ def test_any_oserror_reaching_main_is_one_line(monkeypatch, capsys, err):
 
 def test_output_path_error_types():
     assert issubclass(OutputPathError, UserError) and issubclass(OutputPathError, OSError)
+
+
+def test_sigterm_to_a_torchrun_group_saves_the_current_iteration(tmp_path, tiny_model_dir):
+    """torchrun forwards the signal its group already delivered: the copy must not abort the save."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = make_folder_dataset(tmp_path / "data", n_train=6)
+    run = tmp_path / "run"
+    argv = train_argv(tiny_model_dir, data, run, "--iters", "200", "--workers", "1", "--eval-interval", "1000",
+                      "--ckpt-interval", "1000", "--device", "cpu")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "segret_zoo", *argv]
+    proc = subprocess.Popen(cmd, env=child_env(), cwd=str(ROOT), stdout=subprocess.PIPE,
+                            stderr=open(tmp_path / "log.txt", "w"), start_new_session=True, text=True)
+    _wait_for_iterations(run, proc, 3, timeout=150)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.communicate(timeout=150)
+    log = (tmp_path / "log.txt").read_text()
+    assert "interrupted by SIGTERM" in log, log[-3000:]
+    last = find_last(run)
+    assert last is not None, log[-3000:]
+    state = load_checkpoint(last, restore_rng=False)
+    assert 3 <= state["iteration"] < 200 and state["world_size"] == 2
+    assert len(state["rng"]) == 2

@@ -363,6 +363,7 @@ class _SignalStop:
 
     def __init__(self) -> None:
         self.signum = 0
+        self._first = 0.0
         self._old: Dict[int, Any] = {}
         self._old_chld: Any = None
 
@@ -372,11 +373,18 @@ class _SignalStop:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handle)
 
+    # a repeat this soon is the same stop delivered twice: the process group's signal plus torchrun
+    # (or another launcher) forwarding its own copy; only a later one means "abort without saving"
+    REPEAT_GRACE_S = 2.0
+
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum:
+            if time.monotonic() - self._first < self.REPEAT_GRACE_S:
+                return
             self.restore()
             raise KeyboardInterrupt
         self.signum = signum
+        self._first = time.monotonic()
         if hasattr(signal, "SIGCHLD") and self._old_chld is None:
             # torch's SIGCHLD handler raises wherever the main process happens to be when a worker
             # exits (mid-step even); during a stop, the loop checks its workers itself
