@@ -74,9 +74,9 @@ _AMP = ("none", "bf16", "fp16")
 
 # what a field left at None gets when no recipe sets it either
 BUILTIN_DEFAULTS: Dict[str, Any] = dict(
-    model="segret_tiny", seed=0, head_lr_mult=1.0, iters=1000, batch_size=8, lr=1e-4, weight_decay=0.01, warmup_iters=1500, warmup_ratio=1e-6,
-    poly_power=1.0, min_lr=0.0, crop_size=(512, 512), scale=(2048, 512), eval_interval=1000,
-    ckpt_interval=1000,
+    model="segret_tiny", seed=0, head_lr_mult=1.0, iters=1000, batch_size=8, lr=1e-4, weight_decay=0.01,
+    warmup_iters=1500, warmup_ratio=1e-6, poly_power=1.0, min_lr=0.0, crop_size=(512, 512),
+    scale=(2048, 512), eval_interval=1000, ckpt_interval=1000,
 )
 
 
@@ -90,8 +90,10 @@ class TrainConfig:
 
     A ``recipe`` fills crop/batch/iters/scale/lr/schedule/intervals for every field left at None
     (not given); fields you set yourself always win, even when they equal a built-in default. What
-    neither sets comes from ``BUILTIN_DEFAULTS``. ``scale=False`` trains without the random resize. ``stop_at`` ends the run early at that iteration
-    while the schedule still runs to ``iters`` (so a later ``resume`` continues it exactly).
+    neither sets comes from ``BUILTIN_DEFAULTS``. ``scale=False`` trains without the random resize.
+    ``stop_at`` ends the run early at that iteration while the schedule still runs to ``iters`` (so
+    a later ``resume`` continues it exactly; a resume refuses changed run settings, see
+    ``_RESUME_FIXED``; ``init_from`` starts a new schedule from a run's weights).
     """
 
     model: Optional[str] = None  # None: segret_tiny (or, when resuming, the checkpoint's)
