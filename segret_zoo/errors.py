@@ -43,3 +43,23 @@ class MaskValueError(UserError, ValueError):
 
 class OptionError(UserError, ValueError):
     """An option value that is not allowed (an unknown device or dtype, a GPU that is not there)."""
+
+
+class OutputPathError(UserError, OSError):
+    """An output folder (``--out``) that cannot be created or written (read-only, a file in the way).
+
+    Raised as ``OutputPathError(errno, message)``; prints as the message alone (no ``[Errno N]``)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror) if self.strerror else super().__str__()
+
+
+class DiskFullError(UserError, OSError):
+    """A write ran out of space; the file it was replacing is left as it was (``(errno, message)``)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror) if self.strerror else super().__str__()
+
+
+class ResumeMismatchError(UserError, ValueError):
+    """``--resume`` with settings that differ from the checkpoint's run (it would not continue that run)."""

@@ -107,3 +107,13 @@ def test_quick_demo_model_reloads_and_predicts_the_recorded_labels(quick_demo):
     recorded = np.asarray(Image.open(summary["paths"]["prediction"]))  # palette PNG: values are class ids
     assert labels.shape == recorded.shape == image.shape[:2]
     np.testing.assert_array_equal(labels, recorded)
+
+
+def test_quick_demo_length_is_fixed_not_timed(quick_demo):
+    """The iteration count no longer follows a measured step time (that made the demo a coin toss)."""
+    from segret_zoo.cli.demo import DEMO_SETTINGS, QUICK_SETTINGS, demo_iterations
+
+    summary = json.loads((quick_demo / "summary.json").read_text())
+    assert summary["iters"] == QUICK_SETTINGS["iters"] and summary["stop_reason"] == "completed"
+    assert demo_iterations(DEMO_SETTINGS, 1) == 600 and demo_iterations(DEMO_SETTINGS, 2) == 900
+    assert demo_iterations(DEMO_SETTINGS, 16) == 900

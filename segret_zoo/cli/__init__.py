@@ -31,6 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line: a message that embeds a traceback (a DataLoader worker's,
+    say) is reduced to its last line, without the exception's name."""
+    text = str(err).strip() or type(err).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return text
+    last = lines[-1]
+    head, sep, rest = last.partition(": ")
+    if sep and head.replace(".", "").replace("_", "").isalnum() and head.split(".")[-1][:1].isupper():
+        last = rest  # "package.module.SomeError: message" -> "message"
+    return last
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,7 +54,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, ValueError) as err:
-        print(f"segret-zoo {args.command}: error: {err}", file=sys.stderr)
+        print(f"segret-zoo {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # EACCES, ENOSPC, EROFS, ...: the system's words and the file, not a traceback
+        where = f": {err.filename}" if err.filename else ""
+        what = err.strerror or one_line(err)
+        print(f"segret-zoo {args.command}: error: {what}{where}; check the path, its permissions and free space",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"segret-zoo {args.command}: interrupted", file=sys.stderr)

@@ -12,6 +12,7 @@ from segret_zoo.devices import resolve_device
 from segret_zoo.errors import UserError
 from segret_zoo.evaluate import evaluate, format_table, write_metrics
 from segret_zoo.factory import load_model
+from segret_zoo.files import prepare_output_dir
 
 __all__ = ["add_cli", "run_eval"]
 
@@ -36,6 +37,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """``segret-zoo eval``: load the model and dataset, score, print the table, write metrics.json."""
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be a positive number of images")
+    prepare_output_dir(args.out)  # before the evaluation: one line if --out cannot be written
     dataset = build_dataset(args.data, split=args.split)
     device = resolve_device(args.device)
     model = _load_model(args.model, args.checkpoint, dataset.num_classes)

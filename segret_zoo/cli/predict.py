@@ -19,6 +19,7 @@ from segret_zoo.data.images import load_image
 from segret_zoo.devices import resolve_device, resolve_dtype
 from segret_zoo.errors import ImageReadError, UserError
 from segret_zoo.factory import load_model
+from segret_zoo.files import prepare_output_dir
 from segret_zoo.inference.export import export_onnx
 from segret_zoo.inference.predictor import Segmenter
 from segret_zoo.inference.visualize import colorize, legend, overlay, palette_for, pixel_shares, shares_record
@@ -65,7 +66,7 @@ def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out_dir)  # one line now if it cannot be created, not a traceback later
 
     model = load_model(args.model, args.checkpoint)
     seg = Segmenter(model, mode=args.mode, tta=args.tta, device=device, dtype=dtype, batch_size=args.batch_size)

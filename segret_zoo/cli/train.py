@@ -1,7 +1,8 @@
 """``segret-zoo train``: fine-tune a SegRet model on a dataset, on one CPU, one GPU or many (torchrun).
 
 Options left out on the command line keep the recipe's (or the engine's) values, so
-``--recipe ade20k-160k --iters 2000`` changes only the length. Exit codes: 0 done, 2 user error,
+``--recipe ade20k-160k --iters 2000`` changes only the length, and an option given always wins
+(``--eval-interval 1000`` with a recipe whose interval is 16000 evaluates every 1000). Exit codes: 0 done, 2 user error,
 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint (resume with ``--resume auto``).
 """
 from __future__ import annotations
@@ -36,10 +37,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
                         "for the ImageNet RMT weights")
     if args.resume not in (None, "auto") and not Path(args.resume).exists():
         raise UserError(f"--resume {args.resume} not found; pass a checkpoint, a run folder or 'auto'")
-    kwargs: Dict[str, Any] = dict(model=args.model, data=args.data, recipe=args.recipe, out_dir=args.out,
-                                  resume=args.resume, progress=not args.no_progress, amp=args.amp,
-                                  grad_checkpointing=args.grad_checkpointing)
-    options = {"iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "accum_steps": args.accum,
+    if args.init_from is not None and not Path(args.init_from).exists():
+        raise UserError(f"--init-from {args.init_from} not found; pass a training checkpoint or a run folder")
+    if args.init_from is not None and args.resume is not None:
+        raise UserError("pass either --resume (continue a run exactly) or --init-from (its weights, a new schedule)")
+    kwargs: Dict[str, Any] = dict(data=args.data, recipe=args.recipe, out_dir=args.out, resume=args.resume,
+                                  init_from=args.init_from, progress=not args.no_progress, amp=args.amp,
+                                  grad_checkpointing=args.grad_checkpointing, check_data=args.check_data)
+    options = {"model": args.model, "iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "accum_steps": args.accum,
                "eval_interval": args.eval_interval, "ckpt_interval": args.ckpt_interval,
                "num_classes": args.num_classes, "workers": args.workers, "seed": args.seed,
                "device": args.device, "time_budget_s": args.time_budget, "head_lr_mult": args.head_lr_mult,
@@ -86,9 +91,9 @@ def add_cli(subparsers: Any) -> None:
                     "pixel cross-entropy; periodic evaluation and atomic checkpoints; resumable. Launch with "
                     "'torchrun --nproc_per_node N -m segret_zoo train ...' for several GPUs. "
                     "--batch-size is the global batch (all processes and accumulation steps).")
-    p.add_argument("--model", default="segret_tiny",
+    p.add_argument("--model", default=None,
                    help="factory name (segret_tiny ... segret_large, optionally .ade20k), hf-hub:org/repo, or a "
-                        "save_pretrained folder (default: segret_tiny)")
+                        "save_pretrained folder (default: segret_tiny; when resuming, the run's)")
     p.add_argument("--data", required=True, help="ade20k:PATH, cityscapes:PATH, cocostuff:PATH or folder:PATH")
     p.add_argument("--recipe", default=None, help="ade20k-160k, cityscapes-160k or cocostuff-80k")
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, curves.png, best/, last/)")
@@ -103,7 +108,14 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--accum", type=int, default=None, help="gradient accumulation steps")
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="none", help="autocast on GPU")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder blocks to save memory")
-    p.add_argument("--resume", default=None, help="checkpoint file, run folder, or 'auto' (the last in --out)")
+    p.add_argument("--resume", default=None,
+                   help="checkpoint file, run folder, or 'auto' (the last in --out): continue that run exactly "
+                        "(options left out keep the run's values; changed ones are refused)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start a new schedule from the weights of a training checkpoint or run folder")
+    p.add_argument("--check-data", choices=("full", "quick", "off"), default="full",
+                   help="check every mask's size and labels before iteration 1 (quick: sizes of all, labels of "
+                        "a sample; cached per file list)")
     p.add_argument("--eval-interval", type=int, default=None, help="evaluate every N iterations")
     p.add_argument("--ckpt-interval", type=int, default=None, help="checkpoint every N iterations")
     p.add_argument("--log-interval", type=int, default=None, help="metrics.jsonl record every N iterations")

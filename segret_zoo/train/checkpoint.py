@@ -17,10 +17,12 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 
+from segret_zoo.errors import CheckpointError
 from segret_zoo.files import atomic_write
 from segret_zoo.hub.weights import load_torch_file
 
 __all__ = ["atomic_save", "capture_rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint",
+           "apply_checkpoint",
            "find_last", "list_checkpoints", "checkpoint_name", "CHECKPOINT_DIR"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -33,11 +35,39 @@ def checkpoint_name(iteration: int) -> str:
     return f"iter_{iteration:08d}.pt"
 
 
+class _WriteRecorder:
+    """A file wrapper that remembers the OSError of a failed write.
+
+    Why: torch's zip writer swallows the OSError of a full disk and raises a bare RuntimeError
+    ("unexpected pos ..."); re-raising the recorded error lets the atomic writer say "no space left".
+    """
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.error: Optional[OSError] = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save`` through the one atomic writer: the old file stays until the new one is complete."""
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            recorder = _WriteRecorder(f)
+            try:
+                torch.save(obj, recorder)  # type: ignore[arg-type]
+            except RuntimeError:
+                if recorder.error is not None:
+                    raise recorder.error from None
+                raise
 
     return atomic_write(path, write)
 
@@ -112,8 +142,42 @@ def load_checkpoint(path: PathLike, model: Optional[torch.nn.Module] = None,
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise ValueError(f"{path} is not a segret-zoo training checkpoint (use --pretrained / checkpoint_path "
                          "for model weights)")
+    state["path"] = str(path)
+    apply_checkpoint(state, model, optimizer, scheduler, scaler, rank=rank, restore_rng=restore_rng)
+    return state
+
+
+def _fit_report(path: str, module: torch.nn.Module, weights: Dict[str, Any]) -> Optional[str]:
+    """None when ``weights`` fit ``module`` exactly, else one line naming the differences."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} shapes differ (checkpoint vs model, e.g. {shapes[0]})")
+    if missing:
+        parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    return (f"{path} was written by another model or class count than this run builds: {'; '.join(parts)}; "
+            "pass the --model and --num-classes of that run")
+
+
+def apply_checkpoint(state: Dict[str, Any], model: Optional[torch.nn.Module] = None,
+                     optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Optional[Any] = None,
+                     scaler: Optional[Any] = None, *, rank: int = 0, restore_rng: bool = True) -> None:
+    """Put a state read by :func:`load_checkpoint` into the given objects (so one read serves both
+    checking a checkpoint and resuming from it). A model it does not fit is a :class:`CheckpointError`."""
     if model is not None:
-        getattr(model, "module", model).load_state_dict(state["model"])
+        module = getattr(model, "module", model)
+        problem = _fit_report(str(state.get("path", "checkpoint")), module, state["model"])
+        if problem:
+            raise CheckpointError(problem)
+        module.load_state_dict(state["model"])
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
@@ -123,8 +187,6 @@ def load_checkpoint(path: PathLike, model: Optional[torch.nn.Module] = None,
     if restore_rng and state.get("rng"):
         rngs = state["rng"]
         restore_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
-    state["path"] = str(path)
-    return state
 
 
 def list_checkpoints(run_dir: PathLike) -> List[Path]:

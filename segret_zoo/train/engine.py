@@ -39,17 +39,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from segret_zoo.data.checks import CHECK_MODES, check_dataset
 from segret_zoo.data.classes import DATASET_DEFAULTS, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, slide_stride
 from segret_zoo.data.datasets import build_dataset
 from segret_zoo.data.transforms import build_train_transform, seed_worker
 from segret_zoo.devices import resolve_device
-from segret_zoo.errors import DatasetLayoutError
+from segret_zoo.errors import CheckpointError, DatasetLayoutError, ResumeMismatchError, UserError
 from segret_zoo.evaluate import evaluate
 from segret_zoo.factory import load_model
-from segret_zoo.files import write_json_atomic, write_text_atomic
+from segret_zoo.files import clean_stale_temporaries, prepare_output_dir, write_json_atomic, write_text_atomic
 from segret_zoo.metrics import IoUMetric
 from segret_zoo.train import distributed as D
 from segret_zoo.train.checkpoint import (
+    CHECKPOINT_DIR,
+    apply_checkpoint,
     capture_rng_state,
     checkpoint_name,
     find_last,
@@ -69,6 +72,14 @@ PLOT_FILE = "curves.png"
 _AMP = ("none", "bf16", "fp16")
 
 
+# what a field left at None gets when no recipe sets it either
+BUILTIN_DEFAULTS: Dict[str, Any] = dict(
+    model="segret_tiny", seed=0, head_lr_mult=1.0, iters=1000, batch_size=8, lr=1e-4, weight_decay=0.01,
+    warmup_iters=1500, warmup_ratio=1e-6, poly_power=1.0, min_lr=0.0, crop_size=(512, 512),
+    scale=(2048, 512), eval_interval=1000, ckpt_interval=1000,
+)
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the run stopped before applying that update."""
 
@@ -77,12 +88,15 @@ class NonFiniteLossError(RuntimeError):
 class TrainConfig:
     """Everything a run needs. ``batch_size`` is the *global* batch (all processes x accumulation steps).
 
-    A ``recipe`` fills crop/batch/iters/scale/lr/schedule/intervals for every field still at its
-    default here; fields you set yourself win. ``stop_at`` ends the run early at that iteration
-    while the schedule still runs to ``iters`` (so a later ``resume`` continues it exactly).
+    A ``recipe`` fills crop/batch/iters/scale/lr/schedule/intervals for every field left at None
+    (not given); fields you set yourself always win, even when they equal a built-in default. What
+    neither sets comes from ``BUILTIN_DEFAULTS``. ``scale=False`` trains without the random resize.
+    ``stop_at`` ends the run early at that iteration while the schedule still runs to ``iters`` (so
+    a later ``resume`` continues it exactly; a resume refuses changed run settings, see
+    ``_RESUME_FIXED``; ``init_from`` starts a new schedule from a run's weights).
     """
 
-    model: str = "segret_tiny"
+    model: Optional[str] = None  # None: segret_tiny (or, when resuming, the checkpoint's)
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     num_classes: Optional[int] = None
     id2label: Optional[Dict[int, str]] = None
@@ -93,28 +107,31 @@ class TrainConfig:
     val_dataset: Any = None
     data: Optional[str] = None
     recipe: Optional[str] = None
-    iters: int = 1000
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    head_lr_mult: float = 1.0
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6
-    poly_power: float = 1.0
-    min_lr: float = 0.0
-    crop_size: Tuple[int, int] = (512, 512)
-    scale: Optional[Tuple[int, int]] = (2048, 512)
+    # recipe-able fields: None = "the recipe's value, else BUILTIN_DEFAULTS" (resolved by resolve_config)
+    iters: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    head_lr_mult: Optional[float] = None
+    warmup_iters: Optional[int] = None
+    warmup_ratio: Optional[float] = None
+    poly_power: Optional[float] = None
+    min_lr: Optional[float] = None
+    crop_size: Optional[Tuple[int, int]] = None
+    scale: Union[None, bool, Tuple[int, int]] = None  # False: no resize
     accum_steps: int = 1
     amp: str = "none"
     grad_checkpointing: bool = False
     class_weights: Optional[Sequence[float]] = None
-    eval_interval: int = 1000
-    ckpt_interval: int = 1000
+    eval_interval: Optional[int] = None
+    ckpt_interval: Optional[int] = None
     time_budget_s: Optional[float] = None
     workers: int = 0
-    seed: int = 0
+    seed: Optional[int] = None
     out_dir: str = "runs/x"
     resume: Optional[str] = None
+    init_from: Optional[str] = None  # a training checkpoint or run folder: its weights, a new schedule
+    check_data: str = "full"  # full | quick | off: mask sizes and labels checked before iteration 1
     progress: bool = True
     device: Optional[str] = None
     channels_last: bool = False
@@ -142,16 +159,24 @@ def _pair(value: Any, what: str) -> Tuple[int, int]:
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """Apply the recipe to fields left at their defaults, normalize types and check values."""
+    """Fill what was not given (None) from the recipe, then ``BUILTIN_DEFAULTS``; normalize and check.
+
+    Why None and not the default value as "not given": a user who asks for the default explicitly
+    (``--eval-interval 1000`` with a recipe whose interval is 16000) must get it.
+    """
     cfg = dataclasses.replace(cfg)
-    if cfg.recipe:
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                    if f.default is not dataclasses.MISSING}
-        for key, value in get_recipe(cfg.recipe).items():
-            if key in defaults and getattr(cfg, key) == defaults[key]:
-                setattr(cfg, key, value)
+    recipe = get_recipe(cfg.recipe) if cfg.recipe else {}
+    for key, builtin in BUILTIN_DEFAULTS.items():
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, recipe.get(key, builtin))
+    if cfg.check_data not in CHECK_MODES:
+        raise ValueError(f"check_data must be one of {', '.join(CHECK_MODES)}, got {cfg.check_data!r}")
+    if cfg.resume and cfg.init_from:
+        raise ValueError("pass either resume (continue a run exactly) or init_from (its weights, a new schedule)")
     cfg.crop_size = _pair(cfg.crop_size, "crop_size")
-    if cfg.scale is not None:
+    if cfg.scale is False:
+        cfg.scale = None  # no random resize
+    elif cfg.scale is not None:
         cfg.scale = _pair(cfg.scale, "scale")
     if cfg.amp not in _AMP:
         raise ValueError(f"amp must be one of {', '.join(_AMP)}, got {cfg.amp!r}")
@@ -166,6 +191,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("no training data: pass train_dataset=... or data='ade20k:PATH' (or folder:PATH, ...)")
     if isinstance(cfg.resume, os.PathLike):
         cfg.resume = os.fspath(cfg.resume)
+    if isinstance(cfg.init_from, os.PathLike):
+        cfg.init_from = os.fspath(cfg.init_from)
     cfg.out_dir = os.fspath(cfg.out_dir)
     return cfg
 
@@ -286,12 +313,61 @@ def _seed_all(seed: int) -> None:
 # --------------------------------------------------------------------------------------------------
 # signals, logging
 # --------------------------------------------------------------------------------------------------
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _train_worker_init(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed the worker and make it deaf to SIGINT/SIGTERM.
+
+    Why: ``timeout``, SLURM and ``kill -- -PGID`` signal the whole process group; a worker that died
+    of it would take the main process down before it could save. The main process decides when to
+    stop and then shuts its workers down itself. The signals were blocked while the worker was forked
+    (see :func:`_blocked_stop_signals`); ignoring them first, then unblocking, drops any pending one.
+    """
+    seed_worker(worker_id)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _blocked_stop_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while DataLoader workers are forked, so none dies before it can ignore them
+    (a held signal is delivered to this process as soon as the block ends)."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _worker_error(err: BaseException) -> BaseException:
+    """A user error raised in a DataLoader worker, as the one line it was (torch re-raises it with the
+    worker's whole traceback as its message)."""
+    text = str(err)
+    if "\n" not in text or not isinstance(err, UserError):
+        return err
+    names = (f"{type(err).__module__}.{type(err).__qualname__}: ", f"{type(err).__name__}: ")
+    lines = [line for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        for name in names:
+            if line.startswith(name):
+                return type(err)(line[len(name):])
+    return type(err)(lines[-1])
+
+
 class _SignalStop:
     """SIGINT/SIGTERM set a flag checked after each step; a second signal aborts at once."""
 
     def __init__(self) -> None:
         self.signum = 0
+        self._first = 0.0
         self._old: Dict[int, Any] = {}
+        self._old_chld: Any = None
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -299,11 +375,22 @@ class _SignalStop:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handle)
 
+    # a repeat this soon is the same stop delivered twice: the process group's signal plus torchrun
+    # (or another launcher) forwarding its own copy; only a later one means "abort without saving"
+    REPEAT_GRACE_S = 2.0
+
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum:
+            if time.monotonic() - self._first < self.REPEAT_GRACE_S:
+                return
             self.restore()
             raise KeyboardInterrupt
         self.signum = signum
+        self._first = time.monotonic()
+        if hasattr(signal, "SIGCHLD") and self._old_chld is None:
+            # torch's SIGCHLD handler raises wherever the main process happens to be when a worker
+            # exits (mid-step even); during a stop, the loop checks its workers itself
+            self._old_chld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         print(f"\nreceived {signal.Signals(signum).name}: finishing this iteration and saving a checkpoint "
               "(send again to abort without saving)", file=sys.stderr, flush=True)
 
@@ -311,6 +398,9 @@ class _SignalStop:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         self._old.clear()
+        if self._old_chld is not None:
+            signal.signal(signal.SIGCHLD, self._old_chld)
+            self._old_chld = None
 
 
 def _read_history(path: Path, upto: int) -> List[Dict[str, Any]]:
@@ -341,20 +431,60 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     Launch with ``torchrun --nproc_per_node N`` for DDP; every rank calls ``train`` with the same config.
     Raises :class:`NonFiniteLossError` if the loss becomes NaN/inf (nothing of that step is saved).
     """
+    raw = cfg
     cfg = resolve_config(cfg)
     device = resolve_device(cfg.device)
     info = D.init_distributed(device.type)
     if device.type == "cuda" and info.distributed:
         device = torch.device("cuda", info.local_rank)
     try:
-        return _Run(cfg, info, device).run()
+        return _Run(cfg, info, device, raw).run()
     finally:
         D.cleanup(info)
 
 
+# settings that define a run: resuming with another value would not continue it
+_RESUME_FIXED = ("model", "model_kwargs", "num_classes", "batch_size", "iters", "lr", "weight_decay",
+                 "head_lr_mult", "warmup_iters", "warmup_ratio", "poly_power", "min_lr", "crop_size", "scale",
+                 "seed", "class_weights")
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _merge_resume(raw: TrainConfig, saved: Dict[str, Any], path: Path) -> TrainConfig:
+    """The config of a resumed run: what was not given comes from the checkpoint's run; a given value
+    that differs from it is refused (one line naming every difference and the way out)."""
+    merged = dataclasses.replace(raw)
+    given = resolve_config(raw)
+    differences = []
+    for name in _RESUME_FIXED:
+        if name not in saved:
+            continue  # a checkpoint from before this setting was recorded
+        value = getattr(raw, name)
+        if value is None or (name == "model_kwargs" and not value):
+            old = saved[name]
+            if name in ("crop_size", "scale") and isinstance(old, list):
+                old = tuple(old)
+            if name == "scale" and old is None:
+                old = False  # recorded "no resize"
+            setattr(merged, name, old)
+        elif _plain(getattr(given, name)) != _plain(saved[name]):
+            differences.append(f"{name} {_plain(saved[name])} -> {_plain(getattr(given, name))}")
+    if differences:
+        raise ResumeMismatchError(
+            f"cannot resume {path}: it continues a run exactly, but this run changes {', '.join(differences)}; "
+            f"drop those options to continue it, or start a new schedule from its weights with "
+            f"--init-from {path} (init_from=) and another --out")
+    return resolve_config(merged)
+
+
 class _Run:
-    def __init__(self, cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> None:
+    def __init__(self, cfg: TrainConfig, info: D.DistInfo, device: torch.device,
+                 raw: Optional[TrainConfig] = None) -> None:
         self.cfg = cfg
+        self.raw = raw if raw is not None else cfg
         self.info = info
         self.device = device
         self.run_dir = Path(cfg.out_dir)
@@ -376,25 +506,25 @@ class _Run:
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp='fp16' needs a CUDA GPU; use amp='bf16' or 'none' on the CPU")
 
-        resume_path = self._resume_path()
-        error = None
-        if self.is_main:
-            try:
-                self._prepare_run_dir(resume_path)
-            except (ValueError, OSError) as err:
-                error = err
-        error = D.broadcast_object(error)  # every rank must stop, not wait for rank 0 at the next collective
-        if error is not None:
-            raise error  # type: ignore[misc]
+        resume_path, resume_state = self._find_resume()
+        if resume_state is not None:
+            self.cfg = cfg = _merge_resume(self.raw, resume_state.get("config") or {}, resume_path)
+        self._on_main(lambda: self._prepare_run_dir(resume_path))
 
         _seed_all(cfg.seed)
         self.train_ds, self.val_ds = _build_datasets(cfg)
+        self._on_main(self._check_data)
         model = _build_model(cfg, self.train_ds)
         self.num_classes = int(model.num_classes)
         ds_classes = getattr(self.train_ds, "num_classes", None)
         if ds_classes is not None and int(ds_classes) != self.num_classes:
             raise ValueError(f"the model predicts {self.num_classes} classes but the training data has {ds_classes}; "
                              "pass num_classes (the classifier is re-initialized)")
+        if cfg.init_from:
+            self._init_from(model)
+        self.cfg.num_classes = self.num_classes  # recorded resolved, so a resume can compare it
+        if self.is_main:
+            write_json_atomic(self.run_dir / "train_config.json", config_dict(self.cfg))
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if info.distributed and cfg.sync_bn:
@@ -421,14 +551,17 @@ class _Run:
         self.val_tensors = self.val_ds is not None and _is_tensor_sample(self.val_ds)
         self.start_iter = 0
         self.log_acc = [0.0, 0]  # loss sum and iterations since the last log record
-        if resume_path is not None:
-            self._load(resume_path)
+        if resume_state is not None:
+            self._load(resume_path, resume_state)
         if self.is_main:
             self.history = _read_history(self.run_dir / METRICS_FILE, self.start_iter)
             self._rewrite_history()
             evals = [r["mIoU"] for r in self.history if r.get("type") == "eval" and r.get("mIoU") is not None]
             if evals:
                 self.last_miou = float(evals[-1])
+                # checkpoints are written before the evaluation of their iteration: its result is in the log
+                if not (self.best_miou >= max(evals)):
+                    self.best_miou = float(max(evals))
             if (self.run_dir / "best").is_dir():
                 self.best_dir = self.run_dir / "best"
 
@@ -456,30 +589,104 @@ class _Run:
         gen = torch.Generator()
         gen.manual_seed(cfg.seed + 7919 * self.info.rank + self.start_iter)  # not the global RNG: resume-safe
         return DataLoader(view, batch_size=self.micro, sampler=self.sampler, num_workers=cfg.workers,
-                          pin_memory=self.device.type == "cuda", worker_init_fn=seed_worker, generator=gen,
+                          pin_memory=self.device.type == "cuda", worker_init_fn=_train_worker_init, generator=gen,
                           persistent_workers=cfg.workers > 0, drop_last=False)
 
-    def _resume_path(self) -> Optional[Path]:
+    def _on_main(self, job: Any) -> None:
+        """Run ``job`` on rank 0 only; its user error stops every rank (none waits at a collective)."""
+        error = None
+        if self.is_main:
+            try:
+                job()
+            except (UserError, ValueError, OSError) as err:
+                error = err
+        error = D.broadcast_object(error)
+        if error is not None:
+            raise error  # type: ignore[misc]
+
+    def _check_data(self) -> None:
+        """Every mask's size and labels, before iteration 1 (cached in the run folder)."""
+        cache = self.run_dir / ".data_check"
+        for split, ds in (("train", self.train_ds), ("val", self.val_ds)):
+            start = time.perf_counter()
+            report = check_dataset(ds, split, self.cfg.check_data, cache_dir=cache)
+            if self.cfg.progress and report.checked and not report.cached:
+                print(f"checked {report.checked} {split} masks ({self.cfg.check_data}) in "
+                      f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+    def _read_candidates(self, candidates: List[Path], where: str) -> Tuple[Optional[Path], Optional[Dict[str, Any]]]:
+        """The newest readable checkpoint of ``candidates`` (newest last); unreadable ones are set aside
+        with a warning, so a save killed half-way (or a damaged file) costs only the iterations since
+        the previous checkpoint."""
+        failures = []
+        for path in reversed(candidates):
+            try:
+                return path, load_checkpoint(path, restore_rng=False)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as err:  # truncated zip, bad pickle, not a checkpoint: all "unreadable"
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                failures.append(f"{path.name} ({reason})")
+                if len(candidates) == 1:
+                    raise CheckpointError(f"cannot resume from {path}: {reason}") from None
+                if self.is_main:
+                    bad = path.with_name(path.name + ".unreadable")
+                    try:
+                        path.rename(bad)
+                    except OSError:
+                        bad = path
+                    warnings.warn(f"checkpoint {path} cannot be read ({reason}); set aside as {bad.name}, "
+                                  "falling back to the previous one", stacklevel=3)
+        raise CheckpointError(f"no readable checkpoint in {where}: {'; '.join(failures)}; start over with "
+                              "--overwrite (overwrite=True) or another --out")
+
+    def _find_resume(self) -> Tuple[Optional[Path], Optional[Dict[str, Any]]]:
         resume = self.cfg.resume
         if not resume:
-            return None
+            return None, None
         if resume == "auto":
-            found = find_last(self.run_dir)
-            if found is None and self.is_main:
-                print(f"resume=auto: no checkpoint in {self.run_dir}, starting from scratch", file=sys.stderr)
-            return found
+            found = list_checkpoints(self.run_dir)
+            if not found:
+                if self.is_main:
+                    print(f"resume=auto: no checkpoint in {self.run_dir}, starting from scratch", file=sys.stderr)
+                return None, None
+            return self._read_candidates(found, str(self.run_dir))
         path = Path(resume)
         if path.is_dir():
-            found = find_last(path)
-            if found is None:
+            found = list_checkpoints(path)
+            if not found:
                 raise FileNotFoundError(f"resume: no checkpoints/iter_*.pt in {path}")
-            return found
+            return self._read_candidates(found, str(path))
         if not path.is_file():
             raise FileNotFoundError(f"resume: checkpoint {path} not found (pass a file, a run folder or 'auto')")
-        return path
+        return self._read_candidates([path], str(path))
+
+    def _init_from(self, model: nn.Module) -> None:
+        """Weights of a training checkpoint (or a run folder's last one) for a new schedule."""
+        path = Path(self.cfg.init_from)  # type: ignore[arg-type]
+        if path.is_dir():
+            last = find_last(path)
+            if last is None:
+                raise FileNotFoundError(f"init_from: no checkpoints/iter_*.pt in {path}")
+            path = last
+        elif not path.is_file():
+            raise FileNotFoundError(f"init_from: {path} not found (pass a training checkpoint or a run folder)")
+        try:
+            state = load_checkpoint(path, restore_rng=False)
+        except (UserError, ValueError):
+            raise
+        except Exception as err:
+            raise CheckpointError(f"init_from: cannot read {path}: {(str(err).splitlines() or ['?'])[0]}") from None
+        apply_checkpoint(state, model)
+        if self.is_main:
+            print(f"initialised from {path} (iteration {state['iteration']}); a new schedule starts at 0",
+                  file=sys.stderr)
 
     def _prepare_run_dir(self, resume_path: Optional[Path]) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(self.run_dir, "--out (out_dir)")
+        for folder in (self.run_dir, self.run_dir / CHECKPOINT_DIR, self.run_dir / "best", self.run_dir / "last"):
+            for stale in clean_stale_temporaries(folder):
+                print(f"removed {stale}, left by a save that was killed", file=sys.stderr)
         if resume_path is None and list_checkpoints(self.run_dir):
             if not self.cfg.overwrite:
                 raise ValueError(f"{self.run_dir} already holds a training run; pass resume='auto' (--resume auto) "
@@ -490,19 +697,13 @@ class _Run:
                 (self.run_dir / name).unlink(missing_ok=True)
         write_json_atomic(self.run_dir / "train_config.json", config_dict(self.cfg))
 
-    def _load(self, path: Path) -> None:
-        state = load_checkpoint(path, self.module, self.optimizer, self.scheduler, self.scaler,
-                                rank=self.info.rank, restore_rng=True)
+    def _load(self, path: Path, state: Dict[str, Any]) -> None:
+        apply_checkpoint(state, self.module, self.optimizer, self.scheduler, self.scaler,
+                         rank=self.info.rank, restore_rng=True)
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.info.world_size and self.is_main:
             warnings.warn(f"resuming a {saved_world}-process run on {self.info.world_size} processes: the schedule "
                           "and data order continue exactly, random augmentation streams do not", stacklevel=2)
-        saved_iters = int(state.get("config", {}).get("iters", self.cfg.iters))
-        if saved_iters != self.cfg.iters and self.is_main:
-            print(f"resume: the schedule now runs to {self.cfg.iters} iterations (was {saved_iters})", file=sys.stderr)
-        for fn in self.scheduler.lr_lambdas:  # the current config defines the schedule
-            fn.total_iters = int(self.cfg.iters)
-            fn.warmup_iters = int(self.cfg.warmup_iters)
         self.start_iter = int(state["iteration"])
         best = state.get("best_metric")
         self.best_miou = float(best) if best is not None else float("nan")
@@ -679,11 +880,22 @@ class _Run:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=end, initial=it, desc="train", unit="it", dynamic_ncols=True)
-        data: Iterator = iter(self.loader)
+        with _blocked_stop_signals():  # workers start here; see _train_worker_init
+            data: Iterator = iter(self.loader)
         log_t, log_imgs = time.perf_counter(), 0
         try:
             while it < end:
-                batches = [self._to_device(*next(data)) for _ in range(cfg.accum_steps)]
+                try:
+                    batches = [self._to_device(*next(data)) for _ in range(cfg.accum_steps)]
+                except UserError as err:
+                    raise _worker_error(err) from None
+                except RuntimeError as err:
+                    if stopper.signum and "DataLoader worker" in str(err):
+                        # a worker killed by the same signal (e.g. one started outside this engine's
+                        # worker_init_fn): that is the stop, not a crash; the last step is complete
+                        stop_reason = signal.Signals(stopper.signum).name
+                        break
+                    raise
                 lr = float(self.optimizer.param_groups[0]["lr"])
                 flags = (float(stopper.signum > 0), float(deadline is not None and time.perf_counter() >= deadline))
                 loss, sig_stop, time_stop = self._step(batches, flags)
@@ -716,27 +928,27 @@ class _Run:
                 if time_stop:
                     stop_reason = "time_budget"
                     break
+                if it % cfg.ckpt_interval == 0 and it < end:  # saved first: an evaluation error costs nothing
+                    self._save(it)
+                    last_save = it
                 if it % cfg.eval_interval == 0 and it < end:
                     self._evaluate(it)
                     last_eval = it
                     self._plot()
-                if it % cfg.ckpt_interval == 0 and it < end:
-                    self._save(it)
-                    last_save = it
         finally:
             if bar is not None:
                 bar.close()
         if stop_reason is None:
             stop_reason = "completed" if it >= cfg.iters else "stop_at"
         interrupted = stop_reason not in ("completed", "stop_at", "time_budget")
-        if not interrupted and last_eval != it:
-            self._evaluate(it)
-        if last_save != it or self.last_ckpt is None:
+        if last_save != it or self.last_ckpt is None:  # save, then evaluate: training is never at stake
             self._save(it)
         if self.is_main:
             self.module.save_pretrained(self.run_dir / "last")
-            if self.val_ds is None:
-                self.best_dir = None
+        if not interrupted and last_eval != it:
+            self._evaluate(it)
+        if self.is_main and self.val_ds is None:
+            self.best_dir = None
         self._plot()
         D.barrier()
         signum = stopper.signum if interrupted else 0
