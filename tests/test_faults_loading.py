@@ -114,7 +114,7 @@ def test_resume_file_with_code_is_refused(tmp_path):
 def test_resume_auto_with_a_planted_checkpoint_never_runs_it(tmp_path):
     marker = tmp_path / "MARKER"
     run = tmp_path / "run"
-    train(_train_cfg(run))  # a real run folder with iter 1 and 2 checkpoints
+    train(_train_cfg(run, iters=4, stop_at=2))  # a real run folder with iter 1 and 2 checkpoints, 4 planned
     good = list_checkpoints(run)
     assert [p.name for p in good] == [checkpoint_name(1), checkpoint_name(2)]
     planted = _hostile(good[-1].parent / checkpoint_name(3), marker, **torch.load(good[-1], weights_only=False))

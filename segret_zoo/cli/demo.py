@@ -60,7 +60,7 @@ DEMO_SETTINGS: Dict[str, Any] = dict(
     scene=dict(max_shapes=2, radius=(0.22, 0.40), rotation=0.0),
 )
 QUICK_SETTINGS: Dict[str, Any] = dict(
-    seconds=25.0, iters=12, size=48, n_train=96, n_val=24, batch_size=8, lr=2e-3, weight_decay=0.01,
+    seconds=120.0, iters=12, size=48, n_train=96, n_val=24, batch_size=8, lr=2e-3, weight_decay=0.01,
     warmup_iters=3, poly_power=1.0, reserve_s=8.0, scene=dict(max_shapes=2, radius=(0.22, 0.40), rotation=0.0),
 )
 
