@@ -24,6 +24,7 @@ from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._helpers import clean_state_dict
 from torch import nn
 
+from segret_zoo.errors import WeightsNotFoundError
 from segret_zoo.models.retention import ManhattanSelfAttention, head_decays, retention_positions
 from segret_zoo.settings import DEFAULT_HF_ORG, hf_org
 
@@ -654,7 +655,7 @@ def _create_rmt(variant: str, pretrained: bool = False, **kwargs: Any) -> RMT:
         if not repo or variants:  # not a Hub download, or the download worked and loading failed
             raise
         unpublished = " (the zoo's RMT weights are not on the Hub yet)" if repo.startswith(f"{DEFAULT_HF_ORG}/") else ""
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"cannot fetch the {variant} weights from the Hugging Face Hub repo {repo} ({type(err).__name__})"
             f"{unpublished}: convert the official checkpoint with `segret-zoo convert-rmt RMT.pth OUT_DIR` "
             f"and pass pretrained_cfg_overlay=dict(file='OUT_DIR/model.safetensors') to timm.create_model") from err
