@@ -664,19 +664,15 @@ class _Run:
     def _init_from(self, model: nn.Module) -> None:
         """Weights of a training checkpoint (or a run folder's last one) for a new schedule."""
         path = Path(self.cfg.init_from)  # type: ignore[arg-type]
-        if path.is_dir():
-            last = find_last(path)
-            if last is None:
-                raise FileNotFoundError(f"init_from: no checkpoints/iter_*.pt in {path}")
-            path = last
-        elif not path.is_file():
-            raise FileNotFoundError(f"init_from: {path} not found (pass a training checkpoint or a run folder)")
-        try:
+        try:  # load_checkpoint resolves a run folder to its last checkpoint
             state = load_checkpoint(path, restore_rng=False)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"init_from: {err} (pass a training checkpoint or a run folder)") from None
         except (UserError, ValueError):
             raise
         except Exception as err:
             raise CheckpointError(f"init_from: cannot read {path}: {(str(err).splitlines() or ['?'])[0]}") from None
+        path = Path(state["path"])
         apply_checkpoint(state, model)
         if self.is_main:
             print(f"initialised from {path} (iteration {state['iteration']}); a new schedule starts at 0",
