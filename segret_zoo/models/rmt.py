@@ -61,6 +61,26 @@ def check_image_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:
     return x
 
 
+@torch.no_grad()
+def fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> nn.Module:
+    """Fold an eval-mode BatchNorm that follows ``conv`` into the conv's weight and bias, in place.
+
+    Exact with running statistics (inference); returns ``nn.Identity()`` to put where the norm was,
+    or ``norm`` unchanged when it is already an identity.
+    """
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return norm
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
+    new_bias = (bias - norm.running_mean) * scale + norm.bias
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
+    else:
+        conv.bias.copy_(new_bias)
+    return nn.Identity()
+
+
 class Stem(nn.Module):
     """Four 3x3 convs (two with stride 2) with BatchNorm and GELU: image -> stride-4 tokens (NHWC)."""
 
@@ -89,6 +109,12 @@ class Stem(nn.Module):
         x = self.bn4(self.conv4(x))
         return x.permute(0, 2, 3, 1)
 
+    def fuse(self) -> "Stem":
+        """Fold the four BatchNorms into their convs (inference; timm's ``reparameterize_model`` hook)."""
+        for i in range(1, 5):
+            setattr(self, f"bn{i}", fold_batchnorm(getattr(self, f"conv{i}"), getattr(self, f"bn{i}")))
+        return self
+
 
 class Downsample(nn.Module):
     """3x3 stride-2 conv + BatchNorm between stages (NHWC in and out; odd sizes round up)."""
@@ -101,6 +127,11 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+    def fuse(self) -> "Downsample":
+        """Fold the BatchNorm into the strided conv (inference; timm's ``reparameterize_model`` hook)."""
+        self.norm = fold_batchnorm(self.conv, self.norm)
+        return self
 
 
 class ConvFFN(nn.Module):
