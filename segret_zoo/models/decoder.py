@@ -85,7 +85,7 @@ class ZIRDecoder(nn.Module):
         return self.classifier(self.dropout(y))
 
     @torch.no_grad()
-    def fuse(self) -> "ZIRDecoder":
+    def fuse(self) -> nn.Module:
         """Fold ZIR paths, the fuse conv and the BatchNorm (running statistics) into one conv per stage.
 
         Exact in eval mode; afterwards the decoder is for inference (its BatchNorm is frozen into

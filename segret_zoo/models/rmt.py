@@ -109,7 +109,7 @@ class Stem(nn.Module):
         x = self.bn4(self.conv4(x))
         return x.permute(0, 2, 3, 1)
 
-    def fuse(self) -> "Stem":
+    def fuse(self) -> nn.Module:
         """Fold the four BatchNorms into their convs (inference; timm's ``reparameterize_model`` hook)."""
         for i in range(1, 5):
             setattr(self, f"bn{i}", fold_batchnorm(getattr(self, f"conv{i}"), getattr(self, f"bn{i}")))
@@ -128,7 +128,7 @@ class Downsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
 
-    def fuse(self) -> "Downsample":
+    def fuse(self) -> nn.Module:
         """Fold the BatchNorm into the strided conv (inference; timm's ``reparameterize_model`` hook)."""
         self.norm = fold_batchnorm(self.conv, self.norm)
         return self
