@@ -7,9 +7,9 @@ import warnings
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
-import timm
 from torch import nn
 
 from segret_zoo.inference.export import fused_copy
