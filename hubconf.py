@@ -8,18 +8,19 @@ SegRet entry points take the arguments of :func:`segret_zoo.create_model`; RMT e
 of ``timm.create_model``. Weights come from the Hugging Face Hub (safetensors only) or its local
 cache; see weights/README.md for what is published.
 """
-from typing import Any
+# a module, not a name: torch.hub.list() lists every public callable here as an entry point
+import typing
 
 dependencies = ["torch", "timm", "huggingface_hub", "safetensors"]
 
 
-def _segret(name: str, pretrained: Any, **kwargs: Any) -> Any:
+def _segret(name: str, pretrained: typing.Any, **kwargs: typing.Any) -> typing.Any:
     from segret_zoo.factory import create_model
 
     return create_model(name, pretrained=pretrained, **kwargs)
 
 
-def _rmt(name: str, pretrained: bool, **kwargs: Any) -> Any:
+def _rmt(name: str, pretrained: bool, **kwargs: typing.Any) -> typing.Any:
     import timm
 
     import segret_zoo  # noqa: F401  (registers rmt_* with timm)
@@ -27,7 +28,7 @@ def _rmt(name: str, pretrained: bool, **kwargs: Any) -> Any:
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
-def segret_tiny(pretrained: Any = False, **kwargs: Any) -> Any:
+def segret_tiny(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing.Any:
     """SegRet-Tiny: RMT-T encoder + ZIR decoder (C=256), 13.6M parameters with 150 classes.
 
     ``pretrained``: False, True (ADE20K) or "ade20k" / "cityscapes" / "cocostuff"; other keyword
@@ -37,7 +38,7 @@ def segret_tiny(pretrained: Any = False, **kwargs: Any) -> Any:
     return _segret("segret_tiny", pretrained, **kwargs)
 
 
-def segret_small(pretrained: Any = False, **kwargs: Any) -> Any:
+def segret_small(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing.Any:
     """SegRet-Small: RMT-S encoder + ZIR decoder (C=256), 26.2M parameters with 150 classes.
 
     Arguments as for :func:`segret_tiny`.
@@ -45,7 +46,7 @@ def segret_small(pretrained: Any = False, **kwargs: Any) -> Any:
     return _segret("segret_small", pretrained, **kwargs)
 
 
-def segret_base(pretrained: Any = False, **kwargs: Any) -> Any:
+def segret_base(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing.Any:
     """SegRet-Base: RMT-B encoder + ZIR decoder (C=256), 53.5M parameters with 150 classes.
 
     Arguments as for :func:`segret_tiny`.
@@ -53,7 +54,7 @@ def segret_base(pretrained: Any = False, **kwargs: Any) -> Any:
     return _segret("segret_base", pretrained, **kwargs)
 
 
-def segret_large(pretrained: Any = False, **kwargs: Any) -> Any:
+def segret_large(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing.Any:
     """SegRet-Large: RMT-L encoder + ZIR decoder (C=512), 96.4M parameters with 150 classes.
 
     Arguments as for :func:`segret_tiny`.
@@ -61,21 +62,21 @@ def segret_large(pretrained: Any = False, **kwargs: Any) -> Any:
     return _segret("segret_large", pretrained, **kwargs)
 
 
-def rmt_t(pretrained: bool = False, **kwargs: Any) -> Any:
+def rmt_t(pretrained: bool = False, **kwargs: typing.Any) -> typing.Any:
     """RMT-T ImageNet backbone (timm model; ``features_only=True`` for the four feature maps)."""
     return _rmt("rmt_t", pretrained, **kwargs)
 
 
-def rmt_s(pretrained: bool = False, **kwargs: Any) -> Any:
+def rmt_s(pretrained: bool = False, **kwargs: typing.Any) -> typing.Any:
     """RMT-S ImageNet backbone (timm model; ``features_only=True`` for the four feature maps)."""
     return _rmt("rmt_s", pretrained, **kwargs)
 
 
-def rmt_b(pretrained: bool = False, **kwargs: Any) -> Any:
+def rmt_b(pretrained: bool = False, **kwargs: typing.Any) -> typing.Any:
     """RMT-B ImageNet backbone (timm model; ``features_only=True`` for the four feature maps)."""
     return _rmt("rmt_b", pretrained, **kwargs)
 
 
-def rmt_l(pretrained: bool = False, **kwargs: Any) -> Any:
+def rmt_l(pretrained: bool = False, **kwargs: typing.Any) -> typing.Any:
     """RMT-L ImageNet backbone (timm model; ``features_only=True`` for the four feature maps)."""
     return _rmt("rmt_l", pretrained, **kwargs)

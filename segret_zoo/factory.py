@@ -145,8 +145,11 @@ def create_model(
 
     - ``pretrained``: False, True (the default tag, ADE20K), a tag (``"cityscapes"``) or
       ``"segret_tiny.cityscapes"``; weights come from the Hub repo in ``model.pretrained_cfg``.
-    - ``num_classes``: defaults to the tag's class count; a different one keeps every pretrained
-      weight except the classifier (with a warning).
+    - ``num_classes``: defaults to the tag's class count (or, with ``checkpoint_path`` and no
+      ``pretrained``, to the checkpoint's); a different one keeps every pretrained weight except
+      the classifier (with a warning). A model without a tag carries the default tag's (ADE20K's)
+      metadata only when it has 150 classes; with another count it names no dataset, reduces no
+      label and points at no Hub repo.
     - ``pretrained_backbone``: False, True (ImageNet RMT weights from the Hub) or a path to an RMT
       checkpoint (official classification or segmentation layout, or this project's); ignored
       when full weights are loaded, which include the backbone.
@@ -155,13 +158,24 @@ def create_model(
     The model is returned in training mode, as timm does.
     """
     hub = dict(revision=revision, cache_dir=cache_dir, token=token)
+    # a classifier of another width may only be dropped when the user asked for another class count
+    new_classifier = num_classes is not None
+    checkpoint: Optional[Dict[str, torch.Tensor]] = None
+    source = ""
+    if checkpoint_path is not None:
+        src = resolve_source(checkpoint_path)
+        checkpoint, source = read_state_dict(src.weights), str(src.weights)
     if name.startswith(_HF_HUB):
         model = _create_from_hub_name(name, pretrained, num_classes, id2label, hub, kwargs)
     else:
         arch, tag = parse_model_name(name, pretrained)
         variants, datasets = _tables()
-        cfg_tag = tag or DEFAULT_TAG
-        classes = num_classes if num_classes is not None else int(datasets[cfg_tag]["num_classes"])
+        if num_classes is None and checkpoint is not None and not pretrained:
+            num_classes = SegRet.classifier_classes(checkpoint)  # a bare weights file: its own class count
+        default_count = int(datasets[tag or DEFAULT_TAG]["num_classes"])
+        classes = num_classes if num_classes is not None else default_count
+        # untagged: the default dataset's metadata only for a model of its class count, else no dataset
+        cfg_tag = tag or (DEFAULT_TAG if classes == default_count else None)
         labels = dict(id2label) if id2label is not None else _labels_for(cfg_tag, classes)
         pcfg = default_pretrained_cfg(arch, cfg_tag, classes, labels)
         args = {**variants[arch], **kwargs}
@@ -174,12 +188,12 @@ def create_model(
             filename = pcfg.get("hf_hub_filename") or WEIGHTS_NAME
             path = hub_download(repo_id, filename, **hub)
             assert path is not None
-            load_checkpoint_into(model, read_state_dict(path), source=f"{repo_id}/{filename}")
+            load_checkpoint_into(model, read_state_dict(path), source=f"{repo_id}/{filename}",
+                                 new_classifier=new_classifier)
         elif pretrained_backbone:
             _load_backbone(model, pretrained_backbone, **hub)
-    if checkpoint_path is not None:
-        src = resolve_source(checkpoint_path)
-        load_checkpoint_into(model, read_state_dict(src.weights), source=str(src.weights))
+    if checkpoint is not None:
+        load_checkpoint_into(model, checkpoint, source=source, new_classifier=new_classifier)
     return model.train()
 
 
@@ -198,7 +212,8 @@ def _create_from_hub_name(name: str, pretrained: Union[bool, str], num_classes: 
     config_path = hub_download(repo_id, CONFIG_NAME, **hub)
     assert config_path is not None
     return SegRet.from_hub_config(read_config(config_path), num_classes=num_classes,
-                                  id2label=dict(id2label) if id2label is not None else None, **kwargs)
+                                  id2label=dict(id2label) if id2label is not None else None,
+                                  source=f"{repo_id}/{CONFIG_NAME}", **kwargs)
 
 
 def from_pretrained(pretrained_model_name_or_path: PathLike, **kwargs: Any) -> torch.nn.Module:
@@ -227,8 +242,10 @@ def load_model(
     ``save_pretrained``, or a Hub repo id. ``checkpoint`` (a weights file or a ``save_pretrained``
     folder) supplies the weights for a zoo name. ``pretrained=None`` means "the published weights"
     for a zoo name (``create_model(pretrained=True)``); pass False to build it randomly initialised.
-    ``num_classes``, ``id2label`` and ``kwargs`` go to the factory (a new ``num_classes`` replaces
-    the classifier, as in fine-tuning).
+    ``num_classes``, ``id2label`` and ``kwargs`` go to the factory. Only an explicit ``num_classes``
+    replaces a checkpoint's classifier of another width (fine-tuning); without it a zoo name plus a
+    weights file takes the file's class count, and a saved folder whose config disagrees with its
+    weights is an error: a command never predicts with a randomly initialised classifier unasked.
     """
     extra: Dict[str, Any] = dict(kwargs)
     if num_classes is not None:

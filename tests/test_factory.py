@@ -170,3 +170,42 @@ def test_hf_hub_name_without_pretrained_builds_from_config_only(offline_cache, t
                            saved.state_dict()["decoder.classifier.weight"])  # random init, no weights fetched
     with pytest.raises(ValueError, match="a tag cannot be combined"):
         create_model("hf-hub:someone/city", pretrained="ade20k")
+
+
+def test_pretrained_backbone_true_downloads_from_the_configured_org(offline_cache, tmp_path, monkeypatch):
+    """SEGRET_ZOO_HF_ORG names the org of the rmt_*.in1k repos too, not only of the SegRet repos."""
+    import timm
+
+    monkeypatch.setenv("SEGRET_ZOO_HF_ORG", "my-mirror")
+    rmt = timm.create_model("rmt_t")
+    with torch.no_grad():
+        for p in rmt.parameters():
+            p.normal_()
+    folder = tmp_path / "rmt_t"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in rmt.state_dict().items()}, folder / "model.safetensors")
+    seed_hub_cache(folder, "my-mirror/rmt_t.in1k")  # only the mirror has it; segret-zoo/rmt_t.in1k is not cached
+    model = create_model("segret_tiny", pretrained_backbone=True)
+    expected = rmt.state_dict()
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_untagged_model_of_another_class_count_names_no_dataset(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEGRET_ZOO_HF_ORG", raising=False)
+    model = create_model("segret_tiny", num_classes=19, backbone=MINI, decoder_channels=32)
+    cfg = model.pretrained_cfg
+    assert cfg["dataset"] is None and cfg["dataset_name"] is None and cfg["reduce_zero_label"] is False
+    assert cfg["hf_hub_id"] is None and cfg["paper_miou"] is None and cfg["tag"] is None
+    assert model.id2label == {i: f"class_{i}" for i in range(19)}
+    model.save_pretrained(tmp_path / "m")
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "predicting 19 classes." in card and "ade20k" not in card.lower() and "paper reports" not in card
+    config = (tmp_path / "m" / "config.json").read_text()
+    assert '"reduce_zero_label": false' in config and "ade20k" not in config
+    # a tag (or pretrained=True) keeps its dataset's metadata, whatever the class count
+    tagged = create_model("segret_tiny.ade20k", num_classes=19, device="meta")
+    assert tagged.pretrained_cfg["dataset"] == "ade20k" and tagged.pretrained_cfg["reduce_zero_label"] is True
+    assert tagged.pretrained_cfg["hf_hub_id"] == "segret-zoo/segret-tiny-ade20k"
+    city = create_model("segret_tiny", pretrained=False, num_classes=19, device="meta")
+    assert city.pretrained_cfg["dataset"] is None

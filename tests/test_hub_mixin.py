@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
-import segret_zoo.hub.mixin as mixin
-from segret_zoo.errors import CheckpointError
+from segret_zoo.errors import CheckpointError, WeightsNotFoundError
 from segret_zoo.factory import create_model, from_pretrained
 from segret_zoo.models.segret import SegRet
 
@@ -60,7 +61,9 @@ def test_saved_folder_is_complete_and_self_contained(tmp_path):
     # nothing asks the loader to fetch (backbone) weights again
     assert not {"pretrained", "pretrained_backbone", "checkpoint_path", "file", "url"} & set(_walk_keys(config))
     card = (tmp_path / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: segret-zoo") and "- cityscapes" in card
+    front = ModelCard(card).data  # huggingface_hub's card metadata, as the Hub reads it
+    assert card.startswith("---\n") and front.library_name == "segret-zoo" and front.datasets == ["cityscapes"]
+    assert "- cityscapes" in card and front.pipeline_tag == "image-segmentation" and "segret" in front.tags
     assert "segret_zoo.from_pretrained(" in card and "arXiv:2502.14014" in card and "CVPR" in card
     assert "81.75" in card and "paper" in card  # the paper's figures, labelled as such
 
@@ -136,8 +139,11 @@ def test_failed_weights_write_leaves_old_files(tmp_path, monkeypatch):
 def test_failure_after_weights_are_staged_leaves_old_files(tmp_path, monkeypatch):
     _model(seed=4).save_pretrained(tmp_path)
     before = _snapshot(tmp_path)
-    monkeypatch.setattr(mixin, "render_model_card", lambda config, repo_id=None: object())  # README write fails
-    with pytest.raises(TypeError):
+    def crash(card, path):  # the README is the last file staged, after the weights and config.json
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ModelCard, "save", crash)
+    with pytest.raises(OSError, match="No space left"):
         _model(seed=6).save_pretrained(tmp_path)
     assert _snapshot(tmp_path) == before
 
@@ -151,11 +157,13 @@ def test_push_to_hub_uploads_a_saved_folder(monkeypatch):
 
         def create_repo(self, repo_id, private=None, exist_ok=False, repo_type=None):
             calls["create"] = (repo_id, private, exist_ok)
+            return SimpleNamespace(repo_id=repo_id)
 
         def create_branch(self, repo_id, branch, exist_ok=False, repo_type=None):
             calls["branch"] = branch
 
-        def upload_folder(self, repo_id, folder_path, commit_message, revision, repo_type, allow_patterns):
+        def upload_folder(self, repo_id, folder_path, commit_message, revision, repo_type, allow_patterns,
+                          create_pr=None, ignore_patterns=None, delete_patterns=None):
             folder = Path(folder_path)
             calls["files"] = sorted(p.name for p in folder.iterdir())
             calls["card"] = (folder / "README.md").read_text()
@@ -163,13 +171,46 @@ def test_push_to_hub_uploads_a_saved_folder(monkeypatch):
             return "commit-info"
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
-    result = _model().push_to_hub("me/segret-test", token="tok", private=True, revision="dev")
+    monkeypatch.setattr("huggingface_hub.hub_mixin.HfApi", FakeApi)  # the mixin's own push_to_hub uploads
+    result = _model().push_to_hub("me/segret-test", token="tok", private=True, branch="dev")
     assert result == "commit-info"
     assert calls["token"] == "tok" and calls["create"] == ("me/segret-test", True, True)
     assert calls["branch"] == "dev" and calls["upload"][2] == "dev"
     assert calls["files"] == ["README.md", "config.json", "model.safetensors"]
     assert 'from_pretrained("me/segret-test")' in calls["card"]
     assert "*.safetensors" in calls["upload"][3] and "*.bin" not in calls["upload"][3]
+
+
+def test_on_huggingface_hub_mixin_with_standard_signatures(tmp_path, monkeypatch):
+    """SegRet is a PyTorchModelHubMixin: the standard arguments, the mixin's card hook and metadata."""
+    import inspect
+
+    from huggingface_hub import ModelHubMixin, PyTorchModelHubMixin
+
+    assert issubclass(SegRet, PyTorchModelHubMixin) and issubclass(SegRet, ModelHubMixin)
+    params = inspect.signature(SegRet.from_pretrained).parameters
+    for name in ("revision", "cache_dir", "force_download", "local_files_only", "token"):
+        assert name in params and params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+    base = inspect.signature(ModelHubMixin.save_pretrained).parameters
+    ours = inspect.signature(SegRet.save_pretrained).parameters
+    assert set(base) <= set(ours)
+    assert set(inspect.signature(ModelHubMixin.push_to_hub).parameters) <= set(
+        inspect.signature(SegRet.push_to_hub).parameters)
+    model = _model()
+    card = model.generate_model_card(repo_id="me/x")
+    assert isinstance(card, ModelCard) and card.data.library_name == "segret-zoo"
+    assert {"model_hub_mixin", "pytorch_model_hub_mixin", "segret"} <= set(card.data.tags)
+    assert 'from_pretrained("me/x")' in card.content
+    # the mixin's push_to_hub=True route: save, then push the folder under repo_id
+    pushed = {}
+    monkeypatch.setattr(SegRet, "push_to_hub", lambda self, repo_id, **kw: pushed.setdefault("repo", repo_id))
+    assert model.save_pretrained(tmp_path / "m", push_to_hub=True, repo_id="me/m") == "me/m"
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    # local_files_only: a repo id not in the cache fails at once, without asking the Hub
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(WeightsNotFoundError, match="local_files_only=True"):
+        SegRet.from_pretrained("me/not-cached", local_files_only=True)
 
 
 def test_rmt_folder_is_not_a_segret_model():

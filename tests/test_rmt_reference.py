@@ -120,13 +120,18 @@ def test_bad_input_names_expected_and_received_shape():
 
 
 def test_pretrained_without_weights_fails_fast_with_instructions(monkeypatch, tmp_path):
-    from segret_zoo.errors import WeightsNotFoundError
+    # timm fetches through huggingface_hub, which reads HF_HUB_OFFLINE / HF_HUB_CACHE when it is
+    # imported: set its constants as a user's environment would have set them at start-up
+    from huggingface_hub import constants
 
     monkeypatch.delenv("SEGRET_ZOO_HF_ORG", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     start = time.monotonic()
-    with pytest.raises(WeightsNotFoundError, match="convert-rmt") as err:
+    # FileNotFoundError: what timm users catch (the zoo's WeightsNotFoundError is one too)
+    with pytest.raises(FileNotFoundError, match="convert-rmt") as err:
         timm.create_model("rmt_t", pretrained=True)
     assert time.monotonic() - start < 10
     assert "segret-zoo/rmt_t.in1k" in str(err.value) and "not on the Hub yet" in str(err.value)

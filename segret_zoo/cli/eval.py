@@ -19,11 +19,17 @@ __all__ = ["add_cli", "run_eval"]
 def _load_model(name: str, checkpoint: Optional[str], num_classes: int) -> torch.nn.Module:
     """Build the model ``segret-zoo eval`` was asked for (the same resolution as ``predict``).
 
-    A ``--checkpoint`` weights file for a zoo name gets a head with the dataset's class count, since
-    fine-tuned checkpoints rarely have 150 classes; a saved folder brings its own config.
+    A ``--checkpoint`` weights file brings its own class count and a saved folder its config, so
+    eval never swaps in a randomly initialised classifier; a model whose class count is not the
+    dataset's (``num_classes``) is refused, naming both.
     """
-    weights_file = checkpoint is not None and not Path(checkpoint).is_dir()
-    return load_model(name, checkpoint, num_classes=num_classes if weights_file else None)
+    model = load_model(name, checkpoint)
+    found = int(getattr(model, "num_classes", num_classes))
+    if found != num_classes:
+        raise UserError(
+            f"model {name}" + (f" with {checkpoint}" if checkpoint else "") + f" predicts {found} classes but the "
+            f"dataset has {num_classes}; use a checkpoint trained on this dataset (with {num_classes} classes)")
+    return model
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -33,11 +39,6 @@ def run_eval(args: argparse.Namespace) -> int:
     dataset = build_dataset(args.data, split=args.split)
     device = resolve_device(args.device)
     model = _load_model(args.model, args.checkpoint, dataset.num_classes)
-    if int(getattr(model, "num_classes", dataset.num_classes)) != dataset.num_classes:
-        raise UserError(
-            f"model {args.model} predicts {model.num_classes} classes but {args.data} has "
-            f"{dataset.num_classes}; use a checkpoint trained on this dataset"
-        )
     dtype = None if args.dtype == "fp32" else args.dtype
     results = evaluate(model, dataset, mode=args.mode, tta=args.tta, device=device, dtype=dtype,
                        progress=not args.no_progress, limit=args.limit)

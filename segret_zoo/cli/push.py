@@ -82,8 +82,11 @@ def push_folder(folder: Path, repo_id: str, *, token: Optional[str] = None, priv
                 else render_model_card(config, repo_id))
         write_text_atomic(folder / README_NAME, card)
         print(f"wrote {folder / README_NAME} (model card)")
-    info = upload_folder_to_hub(folder, repo_id, token=token, private=private, revision=revision,
-                                commit_message=commit_message or f"Upload {config.get('architecture')} with segret-zoo")
+    try:
+        info = upload_folder_to_hub(folder, repo_id, token=token, private=private, revision=revision,
+                                    commit_message=commit_message or f"Upload {config.get('architecture')} with segret-zoo")
+    except Exception as err:
+        raise _upload_error(err, repo_id) from err
     weights = folder / WEIGHTS_NAME
     return {
         "repo_id": repo_id,
@@ -93,6 +96,23 @@ def push_folder(folder: Path, repo_id: str, *, token: Optional[str] = None, priv
         "size": weights.stat().st_size,
         "sha256": file_sha256(weights),
     }
+
+
+def _upload_error(err: Exception, repo_id: str) -> UserError:
+    """One line for a failed upload: the Hub unreachable, or its refusal (auth, permissions, name)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    reason = " ".join(str(err).split())[:300] or type(err).__name__
+    if isinstance(err, HfHubHTTPError):
+        return UserError(f"the Hugging Face Hub refused the upload to {repo_id} ({reason}): check the token "
+                         "(--token, HF_TOKEN or `hf auth login`) and your write access to the repo")
+    module = type(err).__module__.split(".")[0]
+    if isinstance(err, (OSError, TimeoutError)) or module.startswith(("httpx", "httpcore", "requests", "urllib3")):
+        return UserError(f"cannot push to {repo_id}: the Hugging Face Hub at {constants.ENDPOINT} is unreachable "
+                         f"({type(err).__name__}: {reason}); check the network, a proxy or HF_ENDPOINT and run "
+                         "the command again (nothing was uploaded)")
+    return UserError(f"uploading to {repo_id} failed ({type(err).__name__}: {reason})")
 
 
 def _run(args: argparse.Namespace) -> int:

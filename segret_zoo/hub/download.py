@@ -116,6 +116,7 @@ def hub_download(
     token: Optional[Union[str, bool]] = None,
     required: bool = True,
     force_download: bool = False,
+    local_files_only: bool = False,
 ) -> Optional[Path]:
     """Path of a Hub file in the local cache, downloading it if needed; fails within seconds offline.
 
@@ -123,6 +124,7 @@ def hub_download(
     the cache is consulted first when offline, and otherwise one metadata request with a short
     timeout and no retries decides whether the Hub is reachable before the real download starts.
     With ``required=False`` a file the repo does not have gives ``None`` (optional ``config.json``).
+    ``local_files_only`` (huggingface_hub's argument) reads the cache only, as offline does.
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.utils import (
@@ -135,13 +137,14 @@ def hub_download(
     where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
     cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     cached_path = Path(cached) if isinstance(cached, str) else None
-    if is_offline():
+    if is_offline() or local_files_only:
         if cached_path is not None and not force_download:
             return _verified(cached_path, repo_id, filename, revision)
         if not required:
             return None
+        why = "HF_HUB_OFFLINE is set" if is_offline() else "local_files_only=True"
         raise WeightsNotFoundError(
-            f"cannot load {where}: HF_HUB_OFFLINE is set and the file is not in the Hugging Face cache "
+            f"cannot load {where}: {why} and the file is not in the Hugging Face cache "
             f"({cache_dir or _default_cache()}). " + _how_to_supply(repo_id, filename, revision)
             + _published_note(repo_id, filename)
         )
@@ -264,6 +267,7 @@ def resolve_source(
     cache_dir: Optional[PathLike] = None,
     token: Optional[Union[str, bool]] = None,
     force_download: bool = False,
+    local_files_only: bool = False,
 ) -> ResolvedSource:
     """A Hub repo id (``org/name``, ``hf-hub:org/name[@rev]``), a local folder or a weights file -> files.
 
@@ -287,7 +291,8 @@ def resolve_source(
     if revision is not None and name_revision is not None and revision != name_revision:
         raise ValueError(f"revision given twice: {name_revision!r} in {text!r} and revision={revision!r}")
     revision = revision or name_revision
-    kw: Dict[str, Any] = dict(revision=revision, cache_dir=cache_dir, token=token, force_download=force_download)
+    kw: Dict[str, Any] = dict(revision=revision, cache_dir=cache_dir, token=token, force_download=force_download,
+                              local_files_only=local_files_only)
     try:
         weights = hub_download(repo_id, WEIGHTS_NAME, **kw)
     except WeightsNotFoundError as err:

@@ -1,19 +1,37 @@
-"""`save_pretrained` / `from_pretrained` / `push_to_hub` for SegRet, in the Hugging Face layout.
+"""`save_pretrained` / `from_pretrained` / `push_to_hub` for SegRet, on huggingface_hub's own mixin.
 
-A saved folder (``model.safetensors`` + ``config.json`` + ``README.md``) is self-contained: it
-rebuilds the model without network access and never asks to download backbone weights again, so
-the same folder works from a local disk, the Hub, or the Hub cache offline.
+:class:`HubMixin` is a :class:`huggingface_hub.PyTorchModelHubMixin`: the standard signatures
+(``from_pretrained(..., revision, cache_dir, force_download, local_files_only, token)``,
+``save_pretrained(..., config, repo_id, push_to_hub, model_card_kwargs)``, ``push_to_hub(...,
+branch, create_pr, allow_patterns, ...)``), the library metadata and ``generate_model_card``
+(``ModelCard.from_template`` with this project's template). What it adds to the mixin, and why
+some methods are ours rather than the mixin's:
+
+- ``save_pretrained`` writes weights, ``config.json`` and ``README.md`` all-or-nothing through
+  :mod:`segret_zoo.files` (the mixin writes them one by one, deleting ``config.json`` first and
+  keeping a stale ``README.md``), so a crash never leaves a half-written folder.
+- ``from_pretrained`` resolves through :mod:`segret_zoo.hub.download` (the mixin's takes only repo
+  ids and folders): ``hf-hub:org/name@rev`` names and bare weights files work, downloads are checked
+  against the weights manifest, offline fails within seconds with instructions, ``config.json`` is
+  type-checked, and a classifier of another class count is dropped only when ``num_classes`` asks
+  for it.
+- ``push_to_hub`` is the mixin's, with a branch created when missing, only model files uploaded and
+  the repo id in the model card's usage example.
+
+A saved folder is self-contained: it rebuilds the model without network access and never asks to
+download backbone weights again, so the same folder works from a local disk, the Hub, or the Hub
+cache offline.
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Type, TypeVar, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type, TypeVar, Union
 
 import torch
+from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
 from segret_zoo.errors import CheckpointError
 from segret_zoo.files import write_files_atomic
@@ -30,6 +48,8 @@ FORMAT_VERSION = 1
 _HUB_KEYS = ("library_name", "segret_zoo_version", "format_version", "label2id", "pretrained_cfg",
              "preprocessing", "evaluation")
 UPLOAD_PATTERNS = ["*.safetensors", "*.json", "*.md"]
+PAPER_URL = "https://arxiv.org/abs/2502.14014"
+CARD_TAGS = ["semantic-segmentation", "segret", "rmt", "retnet"]
 
 
 # ------------------------------------------------------------------------------- JSON helpers
@@ -84,84 +104,122 @@ CITATION_BIBTEX = """```bibtex
 ```
 """
 
+# ModelCard.from_template renders this with jinja2; every value is prepared by _card_fields
+MODEL_CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+SegRet semantic segmentation model: a Vision RetNet (RMT) encoder ({{ backbone }}) and a decoder
+with zero-initialized residual paths, predicting {{ num_classes }} classes{{ of_dataset }}.
+Saved with segret-zoo; `config.json` rebuilds the model without any further download.
+
+## Usage
+
+```python
+import segret_zoo
+
+model = segret_zoo.from_pretrained("{{ source }}")
+seg = segret_zoo.Segmenter(model)      # resizing, normalisation and sliding window as below
+labels = seg("image.jpg")               # H x W class indices at the image size
+```
+
+{{ create_hint }}
+
+## Preprocessing
+
+- RGB scaled to 0-1, then normalised with mean {{ mean }} and std {{ std }}.
+- Test scale {{ test_scale }} (long x short side, aspect ratio kept); crop {{ crop }} (H x W).
+
+## Evaluation protocol
+
+- {{ mode }} inference, window {{ window }}, stride {{ stride }}; multi-scale: scales {{ ms_scales }} with horizontal flip.
+- Metric: mIoU over {{ num_classes }} classes, ignore index {{ ignore_index }}.
+
+## Results
+
+{{ results }}
+{% if paper %}
+{{ paper }}
+{% endif %}
+## Citation
+
+{{ citation }}
+"""
+
+
 def _fmt_size(value: Any) -> str:
     return "x".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
 
 
-def render_model_card(config: Dict[str, Any], repo_id: Optional[str] = None) -> str:
-    """The README.md saved beside the weights: what the model is and how to use it, from config.json."""
+def _card_fields(config: Dict[str, Any], repo_id: Optional[str]) -> Dict[str, Any]:
+    """The template's values, from a config.json dict (so the push command can render a card too)."""
     cfg = config.get("pretrained_cfg") or {}
     arch = cfg.get("architecture") or config.get("architecture") or "segret"
     dataset = cfg.get("dataset")
-    license_ = cfg.get("license") or "apache-2.0"
-    source = repo_id or "path/to/this/folder"
     backbone = config.get("backbone")
-    backbone_txt = backbone if isinstance(backbone, str) else "a custom RMT configuration"
     pre = config.get("preprocessing") or {}
     ev = config.get("evaluation") or {}
     metrics = cfg.get("metrics")
-    front = ["---", f"library_name: {LIBRARY_NAME}", f"license: {license_}", "pipeline_tag: image-segmentation",
-             "tags:", "- semantic-segmentation", "- segret", "- rmt", "- retnet"]
-    if dataset:
-        front += ["datasets:", f"- {dataset}"]
-    front.append("---")
-    lines = front + [
-        "",
-        f"# {arch}" + (f" ({dataset})" if dataset else ""),
-        "",
-        f"SegRet semantic segmentation model: a Vision RetNet (RMT) encoder ({backbone_txt}) and a decoder",
-        f"with zero-initialized residual paths, predicting {config.get('num_classes')} classes"
-        + (f" of {dataset}." if dataset else "."),
-        "Saved with segret-zoo; `config.json` rebuilds the model without any further download.",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import segret_zoo",
-        "",
-        f'model = segret_zoo.from_pretrained("{source}")',
-        "seg = segret_zoo.Segmenter(model)      # resizing, normalisation and sliding window as below",
-        'labels = seg("image.jpg")               # H x W class indices at the image size',
-        "```",
-        "",
-        f"or `segret_zoo.create_model(\"hf-hub:{source}\", pretrained=True)`"
-        if repo_id else "or `segret_zoo.create_model(NAME, checkpoint_path=\"model.safetensors\")`.",
-        "",
-        "## Preprocessing",
-        "",
-        f"- RGB scaled to 0-1, then normalised with mean {pre.get('mean')} and std {pre.get('std')}.",
-        f"- Test scale {_fmt_size(pre.get('test_scale'))} (long x short side, aspect ratio kept); "
-        f"crop {_fmt_size(pre.get('crop_size'))} (H x W).",
-        "",
-        "## Evaluation protocol",
-        "",
-        f"- {ev.get('mode', 'slide')} inference, window {_fmt_size(ev.get('crop_size'))}, stride "
-        f"{_fmt_size(ev.get('stride'))}; multi-scale: scales {ev.get('ms_scales')} with horizontal flip.",
-        f"- Metric: mIoU over {config.get('num_classes')} classes, ignore index {ev.get('ignore_index', 255)}.",
-        "",
-        "## Results",
-        "",
-        ("Measured on these weights: " + json.dumps(metrics)) if metrics else
-        "No metrics have been measured for these weights (see `segret-zoo eval`).",
-        "",
-    ]
     paper = cfg.get("paper_miou")
-    if paper:
-        lines += [
-            f"For reference, the SegRet paper reports {paper.get('single_scale')} mIoU single-scale and "
-            f"{paper.get('multi_scale_flip')} multi-scale with flip for {arch} on {dataset}: these are the "
-            "paper's figures, not measurements of these weights.",
-            "",
-        ]
-    lines += [
-        "## Citation",
-        "",
-        CITATION_BIBTEX,
-    ]
-    return "\n".join(lines)
+    source = repo_id or "path/to/this/folder"
+    return {
+        "title": f"{arch}" + (f" ({dataset})" if dataset else ""),
+        "backbone": backbone if isinstance(backbone, str) else "a custom RMT configuration",
+        "num_classes": config.get("num_classes"),
+        "of_dataset": f" of {dataset}" if dataset else "",
+        "source": source,
+        "create_hint": f'or `segret_zoo.create_model("hf-hub:{source}", pretrained=True)`' if repo_id else
+                       'or `segret_zoo.create_model(NAME, checkpoint_path="model.safetensors")`.',
+        "mean": pre.get("mean"), "std": pre.get("std"),
+        "test_scale": _fmt_size(pre.get("test_scale")), "crop": _fmt_size(pre.get("crop_size")),
+        "mode": ev.get("mode", "slide"), "window": _fmt_size(ev.get("crop_size")),
+        "stride": _fmt_size(ev.get("stride")), "ms_scales": ev.get("ms_scales"),
+        "ignore_index": ev.get("ignore_index", 255),
+        "results": ("Measured on these weights: " + json.dumps(metrics)) if metrics else
+                   "No metrics have been measured for these weights (see `segret-zoo eval`).",
+        "paper": (f"For reference, the SegRet paper reports {paper.get('single_scale')} mIoU single-scale and "
+                  f"{paper.get('multi_scale_flip')} multi-scale with flip for {arch} on {dataset}: these are the "
+                  "paper's figures, not measurements of these weights.") if paper else "",
+        "citation": CITATION_BIBTEX,
+    }
+
+
+def build_model_card(config: Dict[str, Any], repo_id: Optional[str] = None,
+                     card_data: Optional[ModelCardData] = None) -> ModelCard:
+    """The README.md saved beside the weights, as a :class:`huggingface_hub.ModelCard` from config.json.
+
+    ``card_data`` (the mixin's library metadata) gets the license and dataset of these weights.
+    """
+    cfg = config.get("pretrained_cfg") or {}
+    data = card_data.to_dict() if card_data is not None else {
+        "library_name": LIBRARY_NAME, "pipeline_tag": "image-segmentation", "tags": list(CARD_TAGS)}
+    data["license"] = cfg.get("license") or data.get("license") or "apache-2.0"
+    if cfg.get("dataset"):
+        data["datasets"] = [cfg["dataset"]]
+    return ModelCard.from_template(ModelCardData(**data), template_str=MODEL_CARD_TEMPLATE,
+                                   **_card_fields(config, repo_id))
+
+
+def render_model_card(config: Dict[str, Any], repo_id: Optional[str] = None) -> str:
+    """The model card's text (see :func:`build_model_card`)."""
+    return str(build_model_card(config, repo_id))
 
 
 # ------------------------------------------------------------------------------------ upload
+def ensure_repo(repo_id: str, *, token: Optional[str] = None, private: Optional[bool] = False,
+                branch: Optional[str] = None) -> Any:
+    """Create the repo (and ``branch``) if missing; returns the ``HfApi`` used."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if branch is not None:
+        api.create_branch(repo_id, branch=branch, exist_ok=True, repo_type="model")
+    return api
+
+
 def upload_folder_to_hub(
     folder: PathLike,
     repo_id: str,
@@ -172,12 +230,7 @@ def upload_folder_to_hub(
     revision: Optional[str] = None,
 ) -> Any:
     """Create the repo if needed and upload the model files of `folder` (safetensors, JSON, Markdown)."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    api = ensure_repo(repo_id, token=token, private=private, branch=revision)
     return api.upload_folder(
         repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, revision=revision,
         repo_type="model", allow_patterns=UPLOAD_PATTERNS,
@@ -185,14 +238,36 @@ def upload_folder_to_hub(
 
 
 # ------------------------------------------------------------------------------------- mixin
-class HubMixin:
-    """Hub I/O for a model with ``config`` (dict), ``from_config``, ``pretrained_cfg``, ``num_classes``,
-    ``id2label``."""
+_JSON_TYPES: Dict[type, str] = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+                                dict: "an object", list: "a list", type(None): "null"}
+
+
+def _json_type_ok(value: Any, types: Tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+class HubMixin(
+    PyTorchModelHubMixin,
+    library_name=LIBRARY_NAME,
+    license="apache-2.0",
+    pipeline_tag="image-segmentation",
+    tags=list(CARD_TAGS),
+    paper_url=PAPER_URL,
+    model_card_template=MODEL_CARD_TEMPLATE,
+):
+    """huggingface_hub's PyTorch mixin for a model with ``config`` (dict), ``from_config``,
+    ``pretrained_cfg``, ``num_classes`` and ``id2label`` (see the module docstring for what it adds)."""
 
     config: Dict[str, Any]
     pretrained_cfg: Dict[str, Any]
     num_classes: int
     id2label: Optional[Dict[int, str]]
+    #: config.json keys and the JSON types they must have (a model class fills it; checked on load)
+    CONFIG_TYPES: ClassVar[Dict[str, Tuple[type, ...]]] = {}
 
     # ---------------------------------------------------------------- saving
     def hub_config(self) -> Dict[str, Any]:
@@ -228,56 +303,113 @@ class HubMixin:
         }
         return _jsonable(config)
 
-    def save_pretrained(
-        self,
-        save_directory: PathLike,
-        safe_serialization: bool = True,
-        *,
-        repo_id: Optional[str] = None,
-    ) -> Path:
-        """Write model.safetensors (or pytorch_model.bin), config.json and README.md, each atomically.
-
-        Tied tensors are stored once (safetensors refuses aliases) and restored on load. ``repo_id``
-        only fills the usage example of the model card.
-        """
+    def _weights_writer(self, safe_serialization: bool = True) -> Tuple[str, Callable[[Path], None]]:
+        """(file name, writer) of the weights: safetensors' ``save_model`` stores tied tensors once
+        and records the dropped names in the file's metadata, which the reader uses to restore them."""
         import safetensors.torch
 
-        folder = Path(save_directory)
-        config = self.hub_config()
+        module = getattr(self, "module", self)  # a DDP-wrapped model saves its plain module, as the mixin does
         if safe_serialization:
-            weights_name, stale = WEIGHTS_NAME, TORCH_WEIGHTS_NAME
+            def write(path: Path) -> None:
+                safetensors.torch.save_model(module, str(path), metadata={"format": "pt"})  # type: ignore[arg-type]
 
-            def write_weights(path: Path) -> None:
-                safetensors.torch.save_model(self, str(path), metadata={"format": "pt"})  # type: ignore[arg-type]
-        else:
-            weights_name, stale = TORCH_WEIGHTS_NAME, WEIGHTS_NAME
+            return WEIGHTS_NAME, write
 
-            def write_weights(path: Path) -> None:
-                torch.save({k: v.contiguous() for k, v in self.state_dict().items()}, path)  # type: ignore[attr-defined]
+        def write_torch(path: Path) -> None:
+            torch.save({k: v.contiguous() for k, v in module.state_dict().items()}, path)  # type: ignore[attr-defined]
 
+        return TORCH_WEIGHTS_NAME, write_torch
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: the weights alone (atomically). :meth:`save_pretrained` writes the whole folder."""
+        name, write = self._weights_writer()
+        write_files_atomic(Path(save_directory), [(name, write)])
+
+    def generate_model_card(self, *args: Any, repo_id: Optional[str] = None, **kwargs: Any) -> ModelCard:
+        """The mixin's model card hook: our template filled from config.json, the mixin's card metadata.
+
+        ``repo_id`` fills the usage example (``push_to_hub`` passes it through ``model_card_kwargs``).
+        """
+        return build_model_card(self.hub_config(), repo_id, card_data=self._hub_mixin_info.model_card_data)
+
+    def save_pretrained(  # type: ignore[override]
+        self,
+        save_directory: PathLike,
+        *,
+        config: Optional[Dict[str, Any]] = None,
+        repo_id: Optional[str] = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: Optional[Dict[str, Any]] = None,
+        safe_serialization: bool = True,
+        **push_to_hub_kwargs: Any,
+    ) -> Any:
+        """Write model.safetensors (or pytorch_model.bin), config.json and README.md, all or none.
+
+        The mixin's signature; ``config`` adds keys to config.json (the keys that rebuild the model
+        win), ``repo_id`` fills the model card's usage example and names the repo for
+        ``push_to_hub=True``. Returns the folder, or the commit info when pushing.
+        """
+        folder = Path(save_directory)
+        hub_config = self.hub_config()
+        if config:
+            hub_config = {**_jsonable(dict(config)), **hub_config}
+        card_kwargs = dict(model_card_kwargs or {})
+        card_kwargs.setdefault("repo_id", repo_id)
+        card = self.generate_model_card(**card_kwargs)
+        weights_name, write_weights = self._weights_writer(safe_serialization)
+        stale = TORCH_WEIGHTS_NAME if weights_name == WEIGHTS_NAME else WEIGHTS_NAME
         write_files_atomic(folder, [
             (weights_name, write_weights),
-            (CONFIG_NAME, _write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")),
-            (README_NAME, _write_text(render_model_card(config, repo_id))),
+            (CONFIG_NAME, _write_text(json.dumps(hub_config, indent=2, ensure_ascii=False) + "\n")),
+            (README_NAME, card.save),
         ])
         (folder / stale).unlink(missing_ok=True)  # a leftover of the other format could shadow this save
+        if push_to_hub:
+            return self.push_to_hub(repo_id or folder.name, config=config, model_card_kwargs=model_card_kwargs,
+                                    **push_to_hub_kwargs)
         return folder
 
-    def push_to_hub(
+    def push_to_hub(  # type: ignore[override]
         self,
         repo_id: str,
-        token: Optional[str] = None,
-        private: bool = False,
+        *,
+        config: Optional[Dict[str, Any]] = None,
         commit_message: str = "Upload SegRet model with segret-zoo",
-        revision: Optional[str] = None,
+        private: Optional[bool] = None,
+        token: Optional[str] = None,
+        branch: Optional[str] = None,
+        create_pr: Optional[bool] = None,
+        allow_patterns: Optional[Union[List[str], str]] = None,
+        ignore_patterns: Optional[Union[List[str], str]] = None,
+        delete_patterns: Optional[Union[List[str], str]] = None,
+        model_card_kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
-        """Save to a temporary folder and upload it (repo created if missing); returns the commit info."""
-        with tempfile.TemporaryDirectory(prefix="segret-push-") as tmp:
-            self.save_pretrained(tmp, repo_id=repo_id)
-            return upload_folder_to_hub(tmp, repo_id, token=token, private=private,
-                                        commit_message=commit_message, revision=revision)
+        """The mixin's ``push_to_hub``: saves to a temporary folder and uploads it in one commit.
+
+        Added: a ``branch`` that does not exist yet is created, only the model files
+        (``UPLOAD_PATTERNS``) are uploaded unless ``allow_patterns`` says otherwise, and the model
+        card's usage example names ``repo_id``.
+        """
+        if branch is not None:  # the mixin uploads to a branch but does not create it
+            ensure_repo(repo_id, token=token, private=private, branch=branch)
+        return super().push_to_hub(
+            repo_id, config=config, commit_message=commit_message, private=private, token=token, branch=branch,
+            create_pr=create_pr, allow_patterns=UPLOAD_PATTERNS if allow_patterns is None else allow_patterns,
+            ignore_patterns=ignore_patterns, delete_patterns=delete_patterns,
+            model_card_kwargs={"repo_id": repo_id, **(model_card_kwargs or {})},
+        )
 
     # ---------------------------------------------------------------- loading
+    @classmethod
+    def check_config_types(cls, config: Dict[str, Any], *, source: str = CONFIG_NAME) -> None:
+        """One clear line for a config.json value of the wrong type (before it reaches a constructor)."""
+        for key, types in cls.CONFIG_TYPES.items():
+            if key in config and not _json_type_ok(config[key], types):
+                expected = " or ".join(_JSON_TYPES.get(t, t.__name__) for t in types)
+                raise CheckpointError(
+                    f"{source}: {key!r} is {json.dumps(config[key])} ({_JSON_TYPES.get(type(config[key]), 'a value')}), "
+                    f"expected {expected}: correct it in the file or re-create the folder with save_pretrained")
+
     @classmethod
     def from_hub_config(
         cls: Type[T],
@@ -285,9 +417,13 @@ class HubMixin:
         *,
         num_classes: Optional[int] = None,
         id2label: Optional[Dict[int, str]] = None,
+        source: str = CONFIG_NAME,
         **overrides: Any,
     ) -> T:
-        """Build (randomly initialised) from a config.json dict; a new ``num_classes`` drops the labels."""
+        """Build (randomly initialised) from a config.json dict; a new ``num_classes`` drops the labels.
+
+        ``source`` names the file in error messages.
+        """
         version = config.get("format_version", FORMAT_VERSION)
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise CheckpointError(f"config.json has format_version {version}: it was written by a newer "
@@ -297,6 +433,11 @@ class HubMixin:
             raise CheckpointError(
                 f"this is an RMT backbone checkpoint ({arch}), not a SegRet model: use "
                 f"create_model('segret_...', pretrained_backbone=PATH_TO_ITS_model.safetensors)")
+        cls.check_config_types(config, source=source)
+        labels, count = config.get("id2label"), config.get("num_classes")
+        if num_classes is None and isinstance(labels, dict) and isinstance(count, int) and len(labels) != count:
+            raise CheckpointError(f"{source}: num_classes is {count} but id2label names {len(labels)} classes; "
+                                  "make them agree (or re-create the folder with save_pretrained)")
         model_cfg = _untuple({k: v for k, v in config.items() if k not in _HUB_KEYS})
         model_cfg["id2label"] = _int_keys(config.get("id2label"))
         if num_classes is not None and num_classes != model_cfg.get("num_classes"):
@@ -310,36 +451,60 @@ class HubMixin:
         return cls.from_config(model_cfg, pretrained_cfg=pcfg)  # type: ignore[attr-defined]
 
     @classmethod
-    def from_pretrained(
+    def from_pretrained(  # type: ignore[override]
         cls: Type[T],
         pretrained_model_name_or_path: PathLike,
         *,
-        revision: Optional[str] = None,
-        cache_dir: Optional[PathLike] = None,
-        token: Optional[Union[str, bool]] = None,
         force_download: bool = False,
+        token: Optional[Union[str, bool]] = None,
+        cache_dir: Optional[PathLike] = None,
+        local_files_only: bool = False,
+        revision: Optional[str] = None,
+        **model_kwargs: Any,
+    ) -> T:
+        """Load from a Hub repo id (``org/name``, ``hf-hub:org/name@rev``), a saved folder or a weights file.
+
+        The mixin's signature. Returns the model in eval mode, as the mixin and transformers do.
+        ``num_classes`` different from the checkpoint's keeps everything but the classifier (with a
+        warning); ``map_location`` moves the loaded model; other ``model_kwargs`` go to the model
+        constructor (e.g. ``drop_path_rate`` for fine-tuning).
+        """
+        return cls._from_pretrained(  # type: ignore[return-value]
+            model_id=os.fspath(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
+            force_download=force_download, local_files_only=local_files_only, token=token, **model_kwargs)
+
+    @classmethod
+    def _from_pretrained(  # type: ignore[override]
+        cls: Type[T],
+        *,
+        model_id: str,
+        revision: Optional[str],
+        cache_dir: Optional[PathLike],
+        force_download: bool,
+        local_files_only: bool,
+        token: Optional[Union[str, bool]],
+        map_location: Union[str, torch.device] = "cpu",
         num_classes: Optional[int] = None,
         id2label: Optional[Dict[int, str]] = None,
         **overrides: Any,
     ) -> T:
-        """Load from a Hub repo id (``org/name``, ``hf-hub:org/name@rev``), a saved folder or a weights file.
-
-        Returns the model in eval mode, as transformers does. ``num_classes`` different from the
-        checkpoint's keeps everything but the classifier (with a warning); ``overrides`` go to the
-        model constructor (e.g. ``drop_path_rate`` for fine-tuning).
-        """
-        src = resolve_source(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir, token=token,
-                             force_download=force_download)
+        """The mixin's loading hook, on this project's resolution (checked downloads, bare files)."""
+        src = resolve_source(model_id, revision=revision, cache_dir=cache_dir, token=token,
+                             force_download=force_download, local_files_only=local_files_only)
         state_dict = read_state_dict(src.weights)
         if src.config is not None:
             config = read_config(src.config)
+            where = str(src.config) if src.repo_id is None else f"{src.description}/{CONFIG_NAME}"
         else:
             config = cls.config_from_state_dict(state_dict, source=src.description)
-        model = cls.from_hub_config(config, num_classes=num_classes, id2label=id2label, **overrides)
-        load_checkpoint_into(model, state_dict, source=src.description)  # type: ignore[arg-type]
+            where = src.description
+        model = cls.from_hub_config(config, num_classes=num_classes, id2label=id2label, source=where, **overrides)
+        new_classifier = num_classes is not None  # an explicit count is the user asking for it
+        load_checkpoint_into(model, state_dict, source=src.description, new_classifier=new_classifier)  # type: ignore[arg-type]
         if src.repo_id is not None:
             model.pretrained_cfg.update(hf_hub_id=src.repo_id, hf_hub_filename=WEIGHTS_NAME,
                                         hf_hub_revision=src.revision)
+        model.to(map_location)  # type: ignore[attr-defined]
         model.eval()  # type: ignore[attr-defined]
         return model
 

@@ -30,6 +30,7 @@ Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
 from typing import List, Optional, Tuple
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import nn
@@ -78,7 +79,8 @@ def retention_positions(
     :func:`theta_shift` can view them as one complex table. In decomposed mode ``bias_a`` is the row
     (width) bias ``1 x N x W x W`` and ``bias_b`` the column (height) bias ``1 x N x H x H``, in both
     modes: the full Manhattan bias of query ``(i, j)`` and key ``(i', j')`` is ``bias_b[i, i'] +
-    bias_a[j, j']`` (:func:`manhattan_bias`), which :func:`manhattan_attention` adds block by block. The float32 arithmetic follows the official
+    bias_a[j, j']`` (:func:`manhattan_bias`), which :func:`manhattan_attention` adds block by block.
+    The float32 arithmetic follows the official
     code, so the tables are bit-identical to those its released weights were trained with.
     """
     index = torch.arange(height * width, dtype=torch.float32, device=device)
@@ -124,6 +126,18 @@ def _eager_complex_ok(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> 
     return x.stride(-1) == 1 and x.storage_offset() % 2 == 0 and all(s % 2 == 0 for s in x.stride()[:-1])
 
 
+def _batch_major() -> bool:
+    """Eager and TorchScript batch the decomposed passes (B, H)-major; compile/export (H, B)-major."""
+    if torch.jit.is_scripting():
+        return True
+    return not _compiling()
+
+
+@torch.jit.unused
+def _compiling() -> bool:
+    return torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
 @torch.jit.unused
 def _theta_shift_complex(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
     table = torch.view_as_complex(cos.as_strided(tuple(cos.shape) + (2,), tuple(cos.stride()) + (1,)))
@@ -156,6 +170,11 @@ def theta_shift(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.
     pairs = x.unflatten(-1, (-1, 2))
     a, b = pairs[..., 0], pairs[..., 1]
     return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
+
+
+# a leaf for a plain torch.fx.symbolic_trace too (timm's tracer knows it as a notrace function):
+# the choice of formula inspects dtypes and strides, which a symbolic trace does not have
+torch.fx.wrap("theta_shift_")
 
 
 def manhattan_bias(bias_h: torch.Tensor, bias_w: torch.Tensor) -> torch.Tensor:
@@ -258,6 +277,10 @@ def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_
     return F.scaled_dot_product_attention(q, k, v, attn_mask=manhattan_bias(bias_h, bias_w), scale=scale)
 
 
+# a leaf for a plain torch.fx.symbolic_trace as well: the block loop runs over the traced sizes
+torch.fx.wrap("manhattan_attention")
+
+
 class ManhattanSelfAttention(nn.Module):
     """MaSA with a locally-enhanced position term: ``out_proj(retention(q, k, v) + dwconv5x5(v))``.
 
@@ -314,13 +337,27 @@ class ManhattanSelfAttention(nn.Module):
         # permute copies are made (except in the column pass when B > 1: (B, W) is not one batch dim)
         if self.decomposed:
             # along each row (sequence = W), then along each column (sequence = H) of that result
-            q_row, k_row, v_row = (t.transpose(2, 3).reshape(B * H, N, W, d) for t in (q, k, v))
-            rows = F.scaled_dot_product_attention(q_row, k_row, v_row, attn_mask=bias_a, scale=self.scale)
-            cols: List[torch.Tensor] = [
-                t.permute(0, 2, 3, 1, 4).reshape(B * W, N, H, d)
-                for t in (q, k, rows.reshape(B, H, N, W, d).transpose(2, 3))]
-            out = F.scaled_dot_product_attention(cols[0], cols[1], cols[2], attn_mask=bias_b, scale=self.scale)
-            out = out.reshape(B, W, N, H, d).permute(0, 3, 1, 2, 4).flatten(3)
+            if _batch_major():
+                # eager: (B, H)-major row batches are views of the projections for any B
+                q_row, k_row, v_row = (t.transpose(2, 3).reshape(B * H, N, W, d) for t in (q, k, v))
+                rows = F.scaled_dot_product_attention(q_row, k_row, v_row, attn_mask=bias_a, scale=self.scale)
+                cols: List[torch.Tensor] = [
+                    t.permute(0, 2, 3, 1, 4).reshape(B * W, N, H, d)
+                    for t in (q, k, rows.reshape(B, H, N, W, d).transpose(2, 3))]
+                out = F.scaled_dot_product_attention(cols[0], cols[1], cols[2], attn_mask=bias_b, scale=self.scale)
+                out = out.reshape(B, W, N, H, d).permute(0, 3, 1, 2, 4).flatten(3)
+            else:
+                # compile/export: (H, B)- and (W, B)-major batches, the same values. With symbolic
+                # sizes, merging B first guards H != 1 and W != 1, and the strided column views make
+                # SDPA compare strides; torch.export cannot prove either for sizes derived from the
+                # input's (the strided convs round up), so the columns are made contiguous
+                q_row, k_row, v_row = (t.permute(1, 0, 3, 2, 4).reshape(H * B, N, W, d) for t in (q, k, v))
+                rows = F.scaled_dot_product_attention(q_row, k_row, v_row, attn_mask=bias_a, scale=self.scale)
+                cols = [
+                    t.permute(2, 0, 3, 1, 4).contiguous().view(W * B, N, H, d)
+                    for t in (q, k, rows.reshape(H, B, N, W, d).permute(1, 0, 3, 2, 4))]
+                out = F.scaled_dot_product_attention(cols[0], cols[1], cols[2], attn_mask=bias_b, scale=self.scale)
+                out = out.reshape(W, B, N, H, d).permute(1, 3, 0, 2, 4).flatten(3)
         else:
             q_all, k_all, v_all = (t.reshape(B, H * W, N, d).transpose(1, 2) for t in (q, k, v))
             out = manhattan_attention(q_all, k_all, v_all, bias_b, bias_a, self.scale)

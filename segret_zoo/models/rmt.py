@@ -1,30 +1,35 @@
 """RMT: Retentive Networks Meet Vision Transformers (Fan et al., CVPR 2024), as timm models.
 
 A four-stage hierarchical encoder (strides 4/8/16/32) whose blocks mix tokens with Manhattan
-self-attention (see :mod:`segret_zoo.models.retention`). Tokens stay channels-last
-(``B x H x W x C``) inside the stages; every public output is NCHW.
+self-attention (see :mod:`segret_zoo.models.retention`). Between modules (stem, stages, head) maps
+are NCHW, as timm's feature wrappers (getter, hooks, FX) expect; their memory is channels-last, so
+inside a stage the ``B x H x W x C`` tokens the blocks work on are a free, contiguous permute.
 
 Registered with timm on ``import segret_zoo``: ``rmt_t``, ``rmt_s``, ``rmt_b``, ``rmt_l``.
 ``checkpoint_filter_fn`` converts the official checkpoints (classification ``.pth`` and the
 mmsegmentation backbone) into this layout losslessly.
 """
-from __future__ import annotations
-
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
+from huggingface_hub.errors import EntryNotFoundError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, register_notrace_function
+from timm.layers import DropPath, LayerScale, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
+from timm.models._helpers import clean_state_dict
 from torch import nn
 
 from segret_zoo.models.retention import ManhattanSelfAttention, head_decays, retention_positions
+from segret_zoo.settings import DEFAULT_HF_ORG, hf_org
 
 __all__ = ["RMT", "RMT_CONFIGS", "checkpoint_filter_fn", "remap_official_state_dict", "infer_rmt_variant"]
 
-# Variant table of the RMT paper. `decomposed`: per stage, row/column retention (official "chunkwise_recurrent").
+# The four variants of the RMT paper (widths, depths, heads, decay ranges, MLP ratios), as in the
+# official code. `decomposed`: per stage, row/column retention (official "chunkwise_recurrent").
 RMT_CONFIGS: Dict[str, Dict[str, Any]] = {
     "rmt_t": dict(
         embed_dims=(64, 128, 256, 512), depths=(2, 2, 8, 2), num_heads=(4, 4, 8, 16),
@@ -43,8 +48,6 @@ RMT_CONFIGS: Dict[str, Dict[str, Any]] = {
         heads_ranges=(6, 6, 6, 6), mlp_ratios=(4, 4, 3, 3), decomposed=(True, True, True, False),
         layer_scale=(False, False, True, True)),
 }
-# drop-path rates of the official ImageNet training (the paper's recipe), for users who re-train
-IMAGENET_DROP_PATH = {"rmt_t": 0.1, "rmt_s": 0.15, "rmt_b": 0.4, "rmt_l": 0.5}
 
 
 @register_notrace_function
@@ -59,6 +62,13 @@ def check_image_batch(x: torch.Tensor, in_chans: int) -> torch.Tensor:
             f"RMT expects {in_chans} input channels (B x {in_chans} x H x W), got shape {list(x.shape)}; "
             f"convert the image to RGB or build the model with in_chans={x.shape[1]}")
     return x
+
+
+# Leaves for a plain torch.fx.symbolic_trace too (timm's tracer knows them through
+# register_notrace_function): the check branches on the input's rank, and the position tables are
+# built from the traced sizes at run time, so a traced model takes any input size.
+torch.fx.wrap("check_image_batch")
+torch.fx.wrap("retention_positions")
 
 
 @torch.no_grad()
@@ -82,7 +92,7 @@ def fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> nn.Module:
 
 
 class Stem(nn.Module):
-    """Four 3x3 convs (two with stride 2) with BatchNorm and GELU: image -> stride-4 tokens (NHWC)."""
+    """Four 3x3 convs (two with stride 2) with BatchNorm and GELU: image -> stride-4 map (NCHW, channels-last memory)."""
 
     def __init__(self, in_chans: int, dim: int, device=None, dtype=None) -> None:
         super().__init__()
@@ -98,16 +108,15 @@ class Stem(nn.Module):
         self.bn4 = nn.BatchNorm2d(dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels_last: the convs run oneDNN's NHWC kernels and the tokens leave the stem as a
-        # contiguous B x H x W x C tensor. From an NCHW stem, every stage's tokens would be an NCHW
-        # buffer seen through a permute: each LayerNorm then copies, and the depthwise convs run
-        # ~4x slower NCHW kernels.
+        # channels_last: the convs run oneDNN's NHWC kernels and the stages see their tokens as a
+        # contiguous B x H x W x C tensor. From channels-first memory, every stage's tokens would be
+        # an NCHW buffer seen through a permute: each LayerNorm then copies, and the depthwise convs
+        # run ~4x slower NCHW kernels.
         x = check_image_batch(x, self.in_chans).contiguous(memory_format=torch.channels_last)
         x = F.gelu(self.bn1(self.conv1(x)))
         x = F.gelu(self.bn2(self.conv2(x)))
         x = F.gelu(self.bn3(self.conv3(x)))
-        x = self.bn4(self.conv4(x))
-        return x.permute(0, 2, 3, 1)
+        return self.bn4(self.conv4(x))
 
     def fuse(self) -> nn.Module:
         """Fold the four BatchNorms into their convs (inference; timm's ``reparameterize_model`` hook)."""
@@ -117,7 +126,7 @@ class Stem(nn.Module):
 
 
 class Downsample(nn.Module):
-    """3x3 stride-2 conv + BatchNorm between stages (NHWC in and out; odd sizes round up)."""
+    """3x3 stride-2 conv + BatchNorm between stages (NCHW in and out, channels-last memory; odd sizes round up)."""
 
     def __init__(self, in_dim: int, out_dim: int, device=None, dtype=None) -> None:
         super().__init__()
@@ -126,7 +135,7 @@ class Downsample(nn.Module):
         self.norm = nn.BatchNorm2d(out_dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        return self.norm(self.conv(x))
 
     def fuse(self) -> nn.Module:
         """Fold the BatchNorm into the strided conv (inference; timm's ``reparameterize_model`` hook)."""
@@ -150,18 +159,6 @@ class ConvFFN(nn.Module):
         return self.fc2(x)
 
 
-class LayerScale(nn.Module):
-    """Per-channel residual scale ``gamma`` (only on the layer-scale stages of rmt_b / rmt_l)."""
-
-    def __init__(self, dim: int, init_value: float, device=None, dtype=None) -> None:
-        super().__init__()
-        self.init_value = init_value
-        self.gamma = nn.Parameter(torch.full((dim,), init_value, device=device, dtype=dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
 class RetBlock(nn.Module):
     """``x += dwconv(x)``; ``x += drop_path(ls1(MaSA(LN(x))))``; ``x += drop_path(ls2(FFN(LN(x))))``."""
 
@@ -181,6 +178,7 @@ class RetBlock(nn.Module):
         self.cpe = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim, **dd)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
         self.attn = ManhattanSelfAttention(dim, num_heads, decomposed, **dd)
+        # timm's LayerScale: per-channel ``gamma`` (only on the layer-scale stages of rmt_b / rmt_l)
         self.ls1 = LayerScale(dim, layer_scale_init, **dd) if layer_scale_init is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
         self.mlp = ConvFFN(dim, int(dim * mlp_ratio), **dd)
@@ -202,7 +200,7 @@ class RetBlock(nn.Module):
 
 
 class RMTStage(nn.Module):
-    """Optional downsample, then retention blocks sharing one set of position tables."""
+    """Optional downsample, then retention blocks sharing one set of position tables (NCHW in and out)."""
 
     def __init__(
             self,
@@ -235,7 +233,7 @@ class RMTStage(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(x)
+        x = self.downsample(x).permute(0, 2, 3, 1)  # a view: the memory is channels-last
         sin, cos, bias_a, bias_b = retention_positions(
             x.shape[1], x.shape[2], self.num_heads, self.head_dim, self.init_value, self.heads_range,
             self.decomposed, x.dtype, x.device)
@@ -244,7 +242,7 @@ class RMTStage(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, sin, cos, bias_a, bias_b, use_reentrant=False)
             else:
                 x = block(x, sin, cos, bias_a, bias_b)
-        return x
+        return x.permute(0, 3, 1, 2)
 
 
 class RMTHead(nn.Module):
@@ -432,10 +430,10 @@ class RMT(nn.Module):
         for feat_idx, stage in enumerate(stages):
             x = stage(x)
             if feat_idx in take_indices:
-                intermediates.append(x.permute(0, 3, 1, 2))
+                intermediates.append(x)
         if intermediates_only:
             return intermediates
-        return x.permute(0, 3, 1, 2), intermediates
+        return x, intermediates
 
     def prune_intermediate_layers(
             self,
@@ -455,8 +453,7 @@ class RMT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        x = self.stages(x)
-        return x.permute(0, 3, 1, 2)
+        return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -490,7 +487,7 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> D
         if isinstance(state.get(key), Mapping):
             state = state[key]
             break
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return clean_state_dict(dict(state))
 
 
 def is_official_layout(state_dict: Mapping[str, Any]) -> bool:
@@ -590,32 +587,20 @@ def describe_model(model: nn.Module) -> str:
 
 
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: RMT) -> Dict[str, torch.Tensor]:
-    """Map any supported checkpoint to ``model``'s layout and check it fits (timm's pretrained filter).
+    """timm's pretrained filter: rename any supported checkpoint's keys to this model's layout.
 
     Accepts the official classification checkpoint (dict under ``model``/``model_ema``, bare, under
     ``state_dict``, ``module.``-prefixed), the official segmentation backbone (``backbone.`` keys)
-    and this project's layout. A checkpoint of another variant raises a ``ValueError`` naming both.
+    and this project's layout. Entries no RMT module holds are dropped: the derived ``Relpos``
+    tables (after checking them against the model's config) and the segmentation-only
+    ``feature_norms`` / ``decode_head``. Whether the weights fit the model (a checkpoint of another
+    variant) is left to ``load_state_dict``; :func:`_create_rmt` names both variants when it does not.
     """
     state_dict = unwrap_state_dict(state_dict)
     if is_official_layout(state_dict):
         check_relpos(state_dict, model)
         state_dict = remap_official_state_dict(state_dict)
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("feature_norms.")}
-    own = model.state_dict()
-    received, expected = infer_rmt_variant(state_dict), describe_model(model)
-    for key, value in state_dict.items():
-        if key.startswith("head.") and key not in own:
-            continue  # head absent or pruned (e.g. num_classes=0 / segmentation backbone)
-        if key not in own:
-            raise ValueError(f"checkpoint key {key!r} does not exist in {expected}; the checkpoint is {received}")
-        if own[key].shape != value.shape and not key.startswith("head.fc."):
-            raise ValueError(
-                f"checkpoint is for {received} but the model is {expected}: {key} has shape "
-                f"{list(value.shape)} in the checkpoint, {list(own[key].shape)} in the model")
-    if not any(k.startswith("head.") for k in state_dict):
-        # backbone-only checkpoint: keep the model's own (randomly initialised) head
-        state_dict.update({k: v for k, v in own.items() if k.startswith("head.")})
-    return {k: v for k, v in state_dict.items() if k in own}
+    return {k: v for k, v in state_dict.items() if not k.startswith("feature_norms.")}
 
 
 # ----------------------------------------------------------------------------------- creation
@@ -628,40 +613,71 @@ class RMTFeatures(FeatureGetterNet):
         self.model.set_grad_checkpointing(enable)
 
 
+_SOURCE_KEYS = ("file", "url", "state_dict", "hf_hub_id")
+
+
+def _weights_source(variant: str, pretrained_cfg: Any, overlay: Optional[Dict[str, Any]]) -> Tuple[Dict[str, Any], str]:
+    """The overlay that points the registry's Hub repo at ``SEGRET_ZOO_HF_ORG`` (read now, so a mirror
+    set after import is used), and the Hub repo the weights will come from ("" when the caller gave
+    their own source: a file, url, state dict or Hub id, in the overlay or in ``pretrained_cfg``)."""
+    overlay = dict(overlay or {})
+    if any(overlay.get(k) for k in _SOURCE_KEYS):
+        return overlay, ""
+    if pretrained_cfg is not None and not isinstance(pretrained_cfg, str):  # a cfg, not a tag
+        given = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else vars(pretrained_cfg)
+        if any(given.get(k) for k in _SOURCE_KEYS):
+            return overlay, ""
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg)
+    if not cfg.hf_hub_id or cfg.file or cfg.url or cfg.state_dict:
+        return overlay, ""
+    org, name = cfg.hf_hub_id.split("/", 1)
+    if org != DEFAULT_HF_ORG:
+        return overlay, cfg.hf_hub_id
+    overlay["hf_hub_id"] = f"{hf_org()}/{name}"
+    return overlay, overlay["hf_hub_id"]
+
+
 def _create_rmt(variant: str, pretrained: bool = False, **kwargs: Any) -> RMT:
-    if pretrained:
-        _fetch_pretrained(variant, kwargs)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    return build_model_with_cfg(
-        RMT, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(feature_cls=RMTFeatures, out_indices=out_indices),
-        **kwargs,
-    )
+    repo = ""
+    if pretrained:
+        kwargs["pretrained_cfg_overlay"], repo = _weights_source(
+            variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    variants: List[Tuple[str, str]] = []  # (checkpoint, model), named for a load_state_dict error
 
+    def filter_fn(state_dict: Mapping[str, Any], model: RMT) -> Dict[str, torch.Tensor]:
+        state_dict = checkpoint_filter_fn(state_dict, model)
+        variants.append((infer_rmt_variant(state_dict), describe_model(model)))
+        return state_dict
 
-def _fetch_pretrained(variant: str, kwargs: Dict[str, Any]) -> None:
-    """Resolve the Hub weights through the zoo's downloader (fails within seconds offline, checks the
-    manifest's sha256) and hand timm the local file, unless the caller already gave one."""
-    from timm.models import get_pretrained_cfg
-
-    from segret_zoo.hub.download import hub_download
-    from segret_zoo.settings import hf_org
-
-    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {})
-    if overlay.get("file") or overlay.get("state_dict") or overlay.get("url"):
-        return
-    cfg = get_pretrained_cfg(kwargs.get("pretrained_cfg") or f"{variant}.in1k")
-    # the org is read now, so SEGRET_ZOO_HF_ORG set after import still points at a mirror
-    repo_id = f"{hf_org()}/{cfg.hf_hub_id.split('/', 1)[1]}"
-    overlay["file"] = str(hub_download(repo_id, cfg.hf_hub_filename or "model.safetensors"))
-    kwargs["pretrained_cfg_overlay"] = overlay
+    try:
+        return build_model_with_cfg(
+            RMT, variant, pretrained,
+            pretrained_filter_fn=filter_fn,
+            feature_cfg=dict(feature_cls=RMTFeatures, out_indices=out_indices),
+            **kwargs,
+        )
+    except (OSError, EntryNotFoundError) as err:
+        if not repo or variants:  # not a Hub download, or the download worked and loading failed
+            raise
+        unpublished = " (the zoo's RMT weights are not on the Hub yet)" if repo.startswith(f"{DEFAULT_HF_ORG}/") else ""
+        raise FileNotFoundError(
+            f"cannot fetch the {variant} weights from the Hugging Face Hub repo {repo} ({type(err).__name__})"
+            f"{unpublished}: convert the official checkpoint with `segret-zoo convert-rmt RMT.pth OUT_DIR` "
+            f"and pass pretrained_cfg_overlay=dict(file='OUT_DIR/model.safetensors') to timm.create_model") from err
+    except RuntimeError as err:
+        if not variants or variants[-1][0] == variants[-1][1] or "state_dict" not in str(err):
+            raise
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
+        raise ValueError(f"checkpoint is for {variants[-1][0]} but the model is {variants[-1][1]}"
+                         + (f": {detail}" if detail else "")) from err
 
 
 def _cfg(variant: str, **kwargs: Any) -> Dict[str, Any]:
     return {
         "url": "",
-        "hf_hub_id": f"segret-zoo/{variant}.in1k",  # org: SEGRET_ZOO_HF_ORG at load time
+        # the org is replaced by SEGRET_ZOO_HF_ORG when the model is created (see _weights_source)
+        "hf_hub_id": f"{DEFAULT_HF_ORG}/{variant}.in1k",
         "hf_hub_filename": "model.safetensors",
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
         "crop_pct": 0.9, "interpolation": "bicubic",

@@ -103,6 +103,14 @@ class SegRet(HubMixin, nn.Module):
     ``model.train()`` (as in the official RMT segmentation code) unless ``freeze_backbone_bn=False``.
     """
 
+    # config.json keys and their JSON types (checked by the Hub mixin before the constructor sees them)
+    CONFIG_TYPES = {
+        "architecture": (str, type(None)), "backbone": (str, dict), "num_classes": (int,),
+        "decoder_channels": (int,), "decoder_dropout": (float,), "drop_path_rate": (float,),
+        "freeze_backbone_bn": (bool,), "zir_fused": (bool,), "id2label": (dict, type(None)),
+        "pretrained_cfg": (dict, type(None)),
+    }
+
     def __init__(
             self,
             backbone: Union[str, Mapping[str, Any]] = "rmt_t",
@@ -246,6 +254,12 @@ class SegRet(HubMixin, nn.Module):
             return f"{rmt}/{seg}" if seg else rmt
 
         return f"checkpoint is for {label(received)}, you built {segret_name_for_backbone(built) or built}"
+
+    @staticmethod
+    def classifier_classes(state_dict: Mapping[str, torch.Tensor]) -> Optional[int]:
+        """The class count of a SegRet state dict's classifier (None when it has none)."""
+        weight = state_dict.get("decoder.classifier.weight")
+        return int(weight.shape[0]) if weight is not None else None
 
     @classmethod
     def infer_config(cls, state_dict: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Any]]:

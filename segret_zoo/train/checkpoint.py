@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from segret_zoo.files import atomic_write
+from segret_zoo.hub.weights import load_torch_file
 
 __all__ = ["atomic_save", "capture_rng_state", "restore_rng_state", "save_checkpoint", "load_checkpoint",
            "find_last", "list_checkpoints", "checkpoint_name", "CHECKPOINT_DIR"]
@@ -106,8 +107,8 @@ def load_checkpoint(path: PathLike, model: Optional[torch.nn.Module] = None,
         path = found
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    # our own files hold numpy RNG state and config dicts, which weights_only loading refuses
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    # weights_only plus an allowlist (numpy RNG state): a resume file never runs code
+    state = load_torch_file(path, map_location=map_location)
     if not isinstance(state, dict) or "model" not in state or "iteration" not in state:
         raise ValueError(f"{path} is not a segret-zoo training checkpoint (use --pretrained / checkpoint_path "
                          "for model weights)")
