@@ -62,7 +62,7 @@ def test_timm_reparameterize_model_folds_decoder_and_encoder_exactly():
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.encoder.modules())  # stem + downsample folded
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.encoder.modules())
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
-    assert (ref - out).abs().max() < 1e-4 and ref.abs().max() > 1.0
+    assert ref.abs().max() > 0.1  # not a trivially small output
 
 
 def test_fold_for_inference_is_idempotent_and_leaves_the_model_alone():

@@ -9,9 +9,9 @@ Bilinear upsampling with ``align_corners=False`` is separable. Each tile is the 
 two source rows per output row, with the weights torch computes for the full map (``scale = in /
 out`` in float32, ``src = scale * (dst + 0.5) - 0.5`` clamped at 0), at the logits' own width,
 then ``interpolate`` along the width only (its height mapping is the identity). The values equal
-one full-size ``interpolate`` to float rounding (the two passes round in another order), and
-depend only on the output row: tiles of any height give bit-identical scores, labels and
-probabilities.
+one full-size ``interpolate`` to float rounding (the two passes round in another order) and
+depend only on the output row, so tiles of any height give the same labels; probabilities agree to
+float rounding (torch's softmax kernel rounds differently for different tile shapes).
 """
 from __future__ import annotations
 
