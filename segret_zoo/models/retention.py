@@ -197,7 +197,7 @@ def _not_compiling() -> bool:
 
 @torch.jit.unused
 def _compiling_for_cuda(q: torch.Tensor) -> bool:
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
     return q.is_cuda and torch.compiler.is_compiling() and not exporting and _flex_available()
@@ -270,10 +270,11 @@ def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_
     """
     if _eager_only(q):
         if q.is_cuda and _flex_available():
-            return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale)
-        return blocked_manhattan_attention(q, k, v, bias_h, bias_w, scale)
-    if _compiling_for_cuda(q):  # inside torch.compile: dynamo compiles flex itself
-        return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale, compiled=False)
+            return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale, True)
+        return blocked_manhattan_attention(q, k, v, bias_h, bias_w, scale, None)
+    if not torch.jit.is_scripting():
+        if _compiling_for_cuda(q):  # inside torch.compile: dynamo compiles flex itself
+            return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale, False)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=manhattan_bias(bias_h, bias_w), scale=scale)
 
 
