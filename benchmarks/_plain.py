@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segret_zoo.models.retention import ManhattanSelfAttention, rotate_every_two
+from segret_zoo.models.retention import ManhattanSelfAttention, manhattan_bias, rotate_every_two
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
@@ -31,6 +31,8 @@ class PlainManhattanSelfAttention(ManhattanSelfAttention):
         cos_full = cos.repeat_interleave(2, dim=-1).reshape(H, W, N, d)
         q = q * cos_full + rotate_every_two(q) * sin_full
         k = k * cos_full + rotate_every_two(k) * sin_full
+        if not self.decomposed:  # the full 1 x N x HW x HW mask, built up front as the plain form does
+            bias_a = manhattan_bias(bias_b, bias_a)
         bias_a, bias_b = bias_a.squeeze(0), bias_b.squeeze(0)  # N x L x S
         if self.decomposed:
             rows = _attend(*(t.permute(0, 1, 3, 2, 4) for t in (q, k, v)), bias_a, self.scale)  # B H N W d

@@ -1,26 +1,30 @@
-"""SegRet-T end to end on CPU against a straightforward implementation and SegFormer-B1, in one run.
+"""SegRet-T vs SegFormer-B1 vs the straightforward implementation, CPU, one table, one run.
 
-    python benchmarks/bench_segret.py --official /path/to/RMT.py [--threads 2 --size 512x512 --iters 7]
+    python benchmarks/bench_segret.py [--official /path/to/RMT.py] [--threads 2 --iters 3 --cases ...]
 
-Columns (batch 1, logits bilinearly upsampled to the input size for all three):
+Cases: 512x512, 512x1024, 1024x2048 whole, and 1024x2048 slide with the Cityscapes protocol
+(512x1024 windows, stride 341x682, one window per forward). Columns (batch 1, fp32, logits
+bilinearly upsampled to the input size for all):
 
-* ``segret_tiny``: this package, eval mode, ZIR folded (``model.fuse_zir()``);
-* ``straightforward``: the official RMT code's backbone (github.com/qhfan/RMT
-  ``classfication_release/RMT.py``; stage outputs via hooks) + per-stage LayerNorm + the ZIR decoder
-  written exactly as the SegRet paper's decoder equations, unfolded (:class:`EquationDecoder`), with
-  the same weights as ``segret_tiny`` (the script checks that the logits agree);
-* ``segformer_b1``: ``transformers``' ``SegformerForSemanticSegmentation`` built from a
-  ``SegformerConfig`` for B1 (13.7M parameters, random weights, nothing downloaded).
+* ``segret_tiny``: this package in its documented inference form,
+  ``timm.utils.reparameterize_model(model)`` (ZIR decoder and encoder BatchNorms folded);
+* ``segformer_b1``: ``transformers``' ``SegformerForSemanticSegmentation`` from a B1
+  ``SegformerConfig`` (random weights, nothing downloaded);
+* ``straightforward``: the official RMT code + the paper-equation decoder when ``--official`` is
+  given, else this package's encoder with the plain ``softmax(q k^T + L x L mask) v`` retention
+  and the decoder unfolded.
 
-Issue #3 bars: segret_tiny <= 0.5x the straightforward time and <= 1.2x SegFormer-B1's. Timing is the
-median of interleaved forwards (columns rotated every round); ``other load`` is the share of the
-machine's CPU used by other processes meanwhile (see ``bench_rmt.py``).
+Time: medians of interleaved forwards (columns rotated every round). Memory added: resident-set
+growth of one forward in a fresh process. % of matmul peak: FLOPs (``FlopCounterMode``) / time /
+the best float32 GEMM rate measured at the start of the run.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import statistics
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -33,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import _official  # noqa: E402
-from bench_rmt import _load, fmt_size, parse_size, time_interleaved, wait_idle  # noqa: E402
+from bench_rmt import _load, count_flops, time_interleaved  # noqa: E402
 
 from segret_zoo.models.segret import SegRet  # noqa: E402
 
@@ -131,70 +135,161 @@ def build_segformer_b1(num_classes: int) -> nn.Module:
     return Wrapped().eval()
 
 
+def build_plain(num_classes: int, seed: int = 0) -> nn.Module:
+    """The straightforward implementation without the official code: this package's encoder with the
+    plain ``softmax(q k^T + mask) v`` retention (full L x L masks, :mod:`_plain`) and the decoder
+    unfolded, i.e. the paper's equations run as written."""
+    from _plain import use_plain_attention
+
+    torch.manual_seed(seed)
+    return use_plain_attention(SegRet(backbone="rmt_t", num_classes=num_classes).eval())
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """The documented one-call inference form: ``timm.utils.reparameterize_model`` (a folded copy)."""
+    import timm
+
+    return timm.utils.reparameterize_model(model.eval()).eval()
+
+
+def slide(fn: Callable[[torch.Tensor], torch.Tensor], crop: Sequence[int], stride: Sequence[int]
+          ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """mmseg slide inference (border-aligned windows, logits summed / counted), one window per forward."""
+    from segret_zoo.inference.predictor import slide_windows
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        acc: Optional[torch.Tensor] = None
+        count = torch.zeros(1, 1, h, w)
+        for y1, y2, x1, x2 in slide_windows(h, w, tuple(crop), tuple(stride)):
+            out = fn(x[:, :, y1:y2, x1:x2])
+            if acc is None:
+                acc = torch.zeros(1, out.shape[1], h, w)
+            acc[:, :, y1:y2, x1:x2] += out
+            count[:, :, y1:y2, x1:x2] += 1
+        assert acc is not None
+        return acc / count
+
+    return run
+
+
+def matmul_peak_gflops(threads: int, n: int = 2048, reps: int = 5) -> float:
+    """Best-of GEMM throughput of this machine (float32, ``threads``): the denominator of '% of peak'."""
+    import time
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+CASES = {  # name -> (input size, slide crop/stride or None): the Cityscapes protocol for slide
+    "512x512": ((512, 512), None),
+    "512x1024": ((512, 1024), None),
+    "1024x2048": ((1024, 2048), None),
+    "1024x2048 slide": ((1024, 2048), ((512, 1024), (341, 682))),
+}
+
+
+def build_column(name: str, official_path: Optional[str], num_classes: int) -> nn.Module:
+    if name == "segret_tiny":
+        return inference_form(SegRet(backbone="rmt_t", num_classes=num_classes))
+    if name == "segformer_b1":
+        return build_segformer_b1(num_classes)
+    if official_path:
+        return build_pair(official_path, num_classes)["straightforward"]
+    return build_plain(num_classes)
+
+
+def _memory_child(name: str, case: str, threads: int, official_path: str, num_classes: int) -> None:
+    from bench_rmt import _proc_kb
+
+    torch.set_num_threads(threads)
+    size, protocol = CASES[case]
+    model = build_column(name, official_path or None, num_classes)
+    fn = slide(model, *protocol) if protocol else model
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 64, 64))
+        x = torch.randn(1, 3, *size)
+        gc.collect()
+        before = _proc_kb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
+        out = fn(x)
+        peak = _proc_kb("VmHWM")
+        del out
+    print(json.dumps({"growth_mb": (peak - before) / 1024}))
+
+
+def measure_memory(name: str, case: str, threads: int, official_path: Optional[str], num_classes: int
+                   ) -> Optional[float]:
+    """Resident-set growth (MiB) of one forward in a fresh process (glibc mmap threshold pinned)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, __file__, "--_memory-child", name, case, str(threads), official_path or "",
+           str(num_classes)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"memory {name} {case}: {proc.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])["growth_mb"]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--_memory-child":
+        _memory_child(argv[1], argv[2], int(argv[3]), argv[4], int(argv[5]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--official", default=None, help=f"path to the official RMT.py (or ${_official.ENV_VAR})")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", default="512x512")
-    parser.add_argument("--iters", type=int, default=7)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
+    parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--num-classes", type=int, default=150)
-    parser.add_argument("--no-segformer", action="store_true")
-    parser.add_argument("--clean", type=int, default=0, metavar="K",
-                        help="time until each model has K forwards with other processes idle; report those "
-                             "(see bench_rmt.py --clean)")
-    parser.add_argument("--max-seconds", type=float, default=600.0)
-    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                        help="wait up to S seconds for other processes to go idle before timing")
+    parser.add_argument("--no-straightforward", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    size = parse_size(args.size)
     official_path = _official.official_path(args.official)
-    models: Dict[str, nn.Module] = {}
-    check: Dict[str, Any] = {}
-    if official_path:
-        models.update(build_pair(official_path, args.num_classes))
-        with torch.inference_mode():
-            x = torch.randn(1, 3, 96, 136)
-            a, b = models["segret_tiny"](x), models["straightforward"](x)
-        check = {"max_abs_err": (a - b).abs().max().item(), "max_abs": b.abs().max().item()}
-    else:
-        print(f"NOTE: {_official.SKIP_NOTE}", file=sys.stderr)
-        models["segret_tiny"] = SegRet(backbone="rmt_t", num_classes=args.num_classes).eval().fuse_zir()
-    if not args.no_segformer:
-        models["segformer_b1"] = build_segformer_b1(args.num_classes)
-    params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
-
+    names = ["segret_tiny", "segformer_b1"] + ([] if args.no_straightforward else ["straightforward"])
+    models = {n: build_column(n, official_path, args.num_classes) for n in names}
+    straight = "official RMT code + paper-equation decoder" if official_path else \
+        "this encoder with plain softmax(qk^T + LxL mask)v retention + unfolded decoder (no official RMT.py given)"
+    peak = matmul_peak_gflops(args.threads)
     load_before = _load()
-    if args.wait_idle > 0:
-        wait_idle(args.wait_idle)
-    fns: Dict[str, Callable[[torch.Tensor], Any]] = dict(models)
-    timing = time_interleaved(fns, size, args.iters, clean=args.clean, max_seconds=args.max_seconds)
-    ours = timing["segret_tiny"]["median_s"]
-    other = statistics.mean(t["others_share_mean"] for t in timing.values())
+    rows: List[Dict[str, Any]] = []
+    for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
+        size, protocol = CASES[case]
+        fns = {n: (slide(m, *protocol) if protocol else m) for n, m in models.items()}
+        flops = {n: count_flops(f, size) for n, f in fns.items()}
+        timing = time_interleaved(fns, size, args.iters)
+        for n in names:
+            mem = None if args.no_memory else measure_memory(n, case, args.threads, official_path, args.num_classes)
+            t = timing[n]["median_s"]
+            rows.append({"case": case, "model": n, "ms": t * 1e3, "gflop": flops[n] / 1e9,
+                         "peak_pct": 100 * flops[n] / t / (peak * 1e9), "mem_mb": mem,
+                         "others_share": timing[n]["others_share_mean"], "samples": timing[n]["samples"]})
+        print(f"done {case}", file=sys.stderr, flush=True)
 
-    print(f"\n## SegRet-T vs straightforward vs SegFormer-B1 ({args.threads} threads, {fmt_size(size)}, batch 1)")
-    print(f"load average before/after: {load_before} / {_load()}; other processes' CPU share while timing: "
-          f"{other * 100:.0f}%")
-    if check:
-        print(f"segret_tiny vs straightforward logits: max abs err {check['max_abs_err']:.2e} "
-              f"(max |logit| {check['max_abs']:.1f})")
-    print("\n| model | params (M) | ms (median) | ms (min) | samples | segret_tiny / model | bar |")
-    print("|---|---|---|---|---|---|---|")
-    bars = {"straightforward": 0.5, "segformer_b1": 1.2}
-    for name, t in timing.items():
-        rel = ours / t["median_s"]
-        bar = ""
-        if name in bars:
-            bar = f"<= {bars[name]}: {'PASS' if rel <= bars[name] else 'FAIL'}"
-        samples = f"{t['samples']}" + (" clean" if t["clean_only"] else "")
-        print(f"| {name} | {params[name] / 1e6:.2f} | {t['median_s'] * 1e3:.0f} | {t['min_s'] * 1e3:.0f} | "
-              f"{samples} | {rel:.2f} | {bar} |")
+    print(f"\n## segret_tiny (timm reparameterize_model form) vs SegFormer-B1 vs straightforward "
+          f"({args.threads} threads, fp32, batch 1, {args.num_classes} classes)")
+    print(f"straightforward = {straight}; matmul peak {peak:.0f} GFLOP/s; load before/after {load_before} / {_load()}")
+    print("\n| case | model | ms (median) | GFLOP | % of matmul peak | memory added (MiB) | time / B1 | memory / B1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        b1 = next(x for x in rows if x["case"] == r["case"] and x["model"] == "segformer_b1")
+        mem = f"{r['mem_mb']:.0f}" if r["mem_mb"] is not None else "-"
+        mem_ratio = f"{r['mem_mb'] / b1['mem_mb']:.2f}" if r["mem_mb"] and b1["mem_mb"] else "-"
+        print(f"| {r['case']} | {r['model']} | {r['ms']:.0f} | {r['gflop']:.1f} | {r['peak_pct']:.0f}% | {mem} | "
+              f"{r['ms'] / b1['ms']:.2f} | {mem_ratio} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "threads": args.threads, "size": fmt_size(size), "iters": args.iters, "params": params,
-            "timing": timing, "check": check, "load_before": load_before, "other_share": other}, indent=2))
+        Path(args.json).write_text(json.dumps({"threads": args.threads, "peak_gflops": peak, "rows": rows,
+                                               "straightforward": straight}, indent=2))
     return 0
 
 

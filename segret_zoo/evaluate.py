@@ -64,6 +64,7 @@ def evaluate(
     scales: Optional[Sequence[float]] = None,
     distributed: bool = False,
     predictor: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    compile: bool = False,
 ) -> Dict[str, Any]:
     """Score ``model`` on ``dataset`` with mmseg's IoU protocol and return the metrics in percent.
 
@@ -79,6 +80,7 @@ def evaluate(
         distributed: shard the images over the ranks of the initialized process group and sum the
             areas (every rank must call this); the result is the same on all ranks.
         predictor: a callable ``image -> label map`` used instead of building a ``Segmenter``.
+        compile: ``torch.compile`` the predictor's model (opt-in).
 
     Returns:
         ``{"aAcc", "mIoU", "mAcc", "IoU": [...], "Acc": [...], "per_class": {name: {"IoU", "Acc"}},
@@ -95,7 +97,8 @@ def evaluate(
     was_training = bool(getattr(model, "training", False))
     try:
         return _evaluate(model, dataset, num_classes, mode=mode, tta=tta, device=device, progress=progress,
-                         limit=limit, dtype=dtype, scales=scales, distributed=distributed, predictor=predictor)
+                         limit=limit, dtype=dtype, scales=scales, distributed=distributed, predictor=predictor,
+                         compile=compile)
     finally:
         if isinstance(model, torch.nn.Module):  # the predictor switched it to eval mode; a trainer expects it back
             model.train(was_training)
@@ -103,9 +106,11 @@ def evaluate(
 
 def _evaluate(model: torch.nn.Module, dataset: Any, num_classes: int, *, mode: str, tta: bool, device: Any,
               progress: bool, limit: Optional[int], dtype: Any, scales: Optional[Sequence[float]],
-              distributed: bool, predictor: Optional[Callable[[np.ndarray], np.ndarray]]) -> Dict[str, Any]:
+              distributed: bool, predictor: Optional[Callable[[np.ndarray], np.ndarray]],
+              compile: bool = False) -> Dict[str, Any]:
     if predictor is None:
-        predictor = Segmenter(model, mode=mode, tta=tta, device=device, dtype=dtype, scales=scales).predict
+        predictor = Segmenter(model, mode=mode, tta=tta, device=device, dtype=dtype, scales=scales,
+                              compile=compile).predict
 
     indices: Sequence[int] = range(len(dataset) if limit is None else min(int(limit), len(dataset)))
     rank, world = 0, 1

@@ -227,11 +227,14 @@ def test_eval_mode_and_inference_mode(model):
     m.train()
     rgb = random_image(64, 80)
     seg = Segmenter(m)
-    assert not m.training
-    m.train()  # switched back by the user: predict still runs in eval mode (dropout off)
+    assert m.training and not seg.model.training  # the folded copy runs; the user's model is untouched
+    seg.model.train()  # switched back: predict still runs in eval mode (dropout off)
     first = seg(rgb, return_probs=True)[1]
-    assert not m.training
+    assert not seg.model.training
     np.testing.assert_array_equal(first, seg(rgb, return_probs=True)[1])
+    unfolded = Segmenter(m, fold=False)
+    assert not m.training  # without folding the predictor runs (and switches) the model itself
+    np.testing.assert_allclose(unfolded(rgb, return_probs=True)[1], first, atol=1e-5)
 
 
 def test_bf16_autocast_runs_and_mostly_agrees(model):

@@ -43,7 +43,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args.checkpoint, dataset.num_classes)
     dtype = None if args.dtype == "fp32" else args.dtype
     results = evaluate(model, dataset, mode=args.mode, tta=args.tta, device=device, dtype=dtype,
-                       progress=not args.no_progress, limit=args.limit)
+                       progress=not args.no_progress, limit=args.limit, compile=args.compile)
     print(format_table(results))
     out = write_metrics(results, Path(args.out) / "metrics.json", extra={
         "model": args.model, "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
@@ -75,4 +75,5 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--out", required=True, help="folder for metrics.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")
     p.set_defaults(func=run_eval)

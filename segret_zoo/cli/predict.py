@@ -69,7 +69,8 @@ def run_predict(args: argparse.Namespace) -> int:
     prepare_output_dir(out_dir)  # one line now if it cannot be created, not a traceback later
 
     model = load_model(args.model, args.checkpoint)
-    seg = Segmenter(model, mode=args.mode, tta=args.tta, device=device, dtype=dtype, batch_size=args.batch_size)
+    seg = Segmenter(model, mode=args.mode, tta=args.tta, device=device, dtype=dtype, batch_size=args.batch_size,
+                    compile=args.compile)
     palette = palette_for(seg.num_classes, seg.pretrained_cfg.get("dataset"))
     stems = _unique_stems(paths)
     failed: List[str] = []
@@ -86,14 +87,15 @@ def run_predict(args: argparse.Namespace) -> int:
                 batch.append((i, load_image(paths[i])))
             except ImageReadError as err:
                 report(str(err))
-        try:
-            labels = seg.predict_arrays([rgb for _, rgb in batch]) if batch else []
-        except (RuntimeError, ValueError) as err:  # e.g. out of memory on one huge image: skip it, go on
-            reason = " ".join(str(err).split())[:200]
-            for i, _ in batch:
-                report(f"{paths[i]}: prediction failed ({reason})")
-            batch, labels = [], []
-        for (i, rgb), lab in zip(batch, labels):
+        # a failing batch is retried image by image: one huge image (out of memory) fails alone
+        outcomes = seg.predict_each([rgb for _, rgb in batch]) if batch else []
+        done_batch = []
+        for (i, rgb), outcome in zip(batch, outcomes):
+            if isinstance(outcome, Exception):
+                report(f"{paths[i]}: prediction failed ({' '.join(str(outcome).split())[:200]})")
+            else:
+                done_batch.append((i, rgb, outcome))
+        for i, rgb, lab in done_batch:
             stem = stems[i]
             try:
                 colorize(lab, palette).save(out_dir / f"{stem}_labels.png")
@@ -170,6 +172,8 @@ def add_cli(subparsers: Any) -> None:
                    help="images per forward pass; different sizes are padded, not resized (default 1)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)")
     p.add_argument("--legend", action="store_true", help="also write <stem>_legend.png of the classes present")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (opt-in: compiles on the first image of each size)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_predict)
 

@@ -1,8 +1,8 @@
 """Deployable graphs of a SegRet model: ONNX (checked against onnxruntime) and ``torch.export`` programs.
 
-Both fold the decoder's zero-initialized residual paths into their linear layers first
-(``model.fuse_zir()`` on a copy; the user's model is never modified), so the graph has one 1×1 conv
-per stage instead of two, with identical outputs. Batch, height and width stay dynamic: the model
+Both export the model's inference form first (``fold_for_inference`` on a copy: the decoder's
+zero-initialized residual paths folded into one 1×1 conv per stage, the encoder's BatchNorms into
+their convs; the user's model is never modified), with identical outputs. Batch, height and width stay dynamic: the model
 accepts any input size, and so does the exported graph.
 
 The default ONNX exporter is torch's dynamo-based one (``torch.onnx.export(..., dynamo=True)``): it
@@ -24,6 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from segret_zoo.inference.fold import fold_for_inference
+
 __all__ = [
     "DEFAULT_CHECK_SIZES",
     "METADATA_KEY",
@@ -41,11 +43,9 @@ METADATA_KEY = "segret_zoo.pretrained_cfg"
 
 
 def fused_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """An eval-mode float32 CPU copy with ZIR folded (when the model has ``fuse_zir``); ``model`` is untouched."""
-    clone = copy.deepcopy(model).eval().float().cpu()
-    if hasattr(clone, "fuse_zir"):
-        clone = clone.fuse_zir() or clone
-    return clone
+    """An eval-mode float32 CPU copy in its inference form (ZIR and encoder BatchNorms folded,
+    :func:`~segret_zoo.inference.fold.fold_for_inference`); ``model`` is untouched."""
+    return fold_for_inference(copy.deepcopy(model).eval().float().cpu(), inplace=True)
 
 
 def _dynamic_shapes() -> Tuple[Dict[int, Any]]:

@@ -20,12 +20,23 @@ from segret_zoo.data.classes import IMAGENET_MEAN, IMAGENET_STD, slide_stride
 from segret_zoo.data.images import ImageInput, ImageReadError, load_image, to_rgb_array
 from segret_zoo.data.transforms import rescale_size
 from segret_zoo.devices import resolve_dtype
+from segret_zoo.inference.fold import fold_for_inference
+from segret_zoo.inference.postprocess import DEFAULT_TILE_BYTES, labels_from_views
 
 __all__ = [
     "DEFAULT_TTA_SCALES",
     "Segmenter",
     "slide_windows",
 ]
+
+# failures of one prediction that should not take its batch neighbours down (out of memory, bad sizes)
+_PREDICT_ERRORS = (RuntimeError, ValueError, MemoryError)
+
+
+
+def _reraise(err: BaseException) -> List[Any]:
+    raise err
+
 
 # mmsegmentation's multi-scale test ratios (ADE20K / Cityscapes / COCO-Stuff "MS" numbers)
 DEFAULT_TTA_SCALES: Tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -95,6 +106,11 @@ class Segmenter:
             outputs cropped back; they are never resized to a common size. Padding does change the
             logits of the smaller images slightly, so the default (1) gives per-image exact results.
         window_batch_size: sliding windows per forward pass.
+        fold: run the model's inference form (``fold_for_inference``: ZIR decoder and encoder
+            BatchNorms folded, exact) on a copy; the model passed in is not modified. Default True.
+        compile: ``torch.compile`` the model (dynamic shapes). Opt-in: the first call per input size
+            compiles for a while.
+        tile_bytes: memory of one row tile of full-resolution scores (upsample, softmax, argmax).
     """
 
     def __init__(
@@ -112,10 +128,15 @@ class Segmenter:
         batch_size: int = 1,
         window_batch_size: int = 4,
         slide_margin: float = 2.0,
+        fold: bool = True,
+        compile: bool = False,
+        tile_bytes: int = DEFAULT_TILE_BYTES,
     ) -> None:
         if mode not in ("auto", "whole", "slide"):
             raise ValueError(f"mode must be 'auto', 'whole' or 'slide', got {mode!r}")
         cfg: Dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
+        if fold and isinstance(model, torch.nn.Module):
+            model = fold_for_inference(model)  # a folded copy, or the model itself if nothing folds
         if device is None:
             param = next(iter(model.parameters()), None)
             self.device = param.device if param is not None else torch.device("cpu")
@@ -123,6 +144,8 @@ class Segmenter:
             self.device = torch.device(device)
             model = model.to(self.device)
         self.model = model.eval()
+        self.tile_bytes = max(int(tile_bytes), 1)
+        self._forward = torch.compile(self.model, dynamic=True) if compile else self.model
         self.pretrained_cfg = cfg
         self.mode = mode
         self.dtype = resolve_dtype(dtype, self.device)
@@ -200,9 +223,27 @@ class Segmenter:
                     if on_error == "raise":
                         raise
                     warnings.warn(str(err), stacklevel=2)
-            if arrays:
-                for i, out in zip(idx, self.predict_arrays(arrays, return_probs=return_probs)):
-                    results[i] = out
+            if not arrays:
+                continue
+            outs: List[Any] = []
+            try:
+                outs = self.predict_arrays(arrays, return_probs=return_probs)
+            except _PREDICT_ERRORS as err:
+                if on_error == "raise" and len(arrays) == 1:
+                    raise
+                # one image may have failed the whole batch: retry them one by one
+                for i, array in zip(idx, arrays):
+                    try:
+                        outs.extend(self.predict_arrays([array], return_probs=return_probs)
+                                    if len(arrays) > 1 else _reraise(err))
+                    except _PREDICT_ERRORS as one:
+                        if on_error == "raise":
+                            raise
+                        warnings.warn(f"image {i}: prediction failed ({' '.join(str(one).split())[:200]})",
+                                      stacklevel=2)
+                        outs.append(None)
+            for i, out in zip(idx, outs):
+                results[i] = out
         return results[0] if single else results
 
     @torch.inference_mode()
@@ -212,33 +253,50 @@ class Segmenter:
         arrays = [to_rgb_array(a) for a in arrays]  # no copy for writable contiguous uint8 RGB
         images = [torch.from_numpy(a).to(self.device).permute(2, 0, 1)[None].float() for a in arrays]
         sizes = [tuple(a.shape[:2]) for a in arrays]
-        views = [(ratio, flipped) for ratio in self.scales for flipped in ((False, True) if self.flip else (False,))]
-        acc: List[Optional[torch.Tensor]] = [None] * len(images)
-        single_view = len(views) == 1
+        # every view's logits at the model's resolution; the full-size scores are built a row tile
+        # at a time (postprocess.labels_from_views), never whole
+        views: List[List[Tuple[torch.Tensor, bool]]] = [[] for _ in images]
         for ratio in self.scales:
             inputs = [self._normalize(self._resize(img, ratio)) for img in images]
             flips = (False, True) if self.flip else (False,)
             batch = [(i, f, x.flip(-1) if f else x) for i, x in enumerate(inputs) for f in flips]
             logits = self._forward_many([x for _, _, x in batch])
             for (i, f, _), lg in zip(batch, logits):
-                up = F.interpolate(lg, size=sizes[i], mode="bilinear", align_corners=False)
-                if f:
-                    up = up.flip(-1)
-                # one view: keep logits (argmax is the same as over softmax, and cheaper);
-                # several views: average softmax probabilities like mmseg's aug_test
-                score = up if single_view else up.softmax(dim=1)
-                acc[i] = score if acc[i] is None else acc[i] + score
+                views[i].append((lg, f))
         label_dtype = torch.uint8 if self.num_classes <= 256 else torch.int16
         out: List[Any] = []
-        for score in acc:
-            assert score is not None
-            labels = score[0].argmax(dim=0).to(label_dtype).cpu().numpy()
-            if return_probs:
-                probs = score[0].softmax(dim=0) if single_view else score[0] / len(views)
-                out.append((labels, probs.float().cpu().numpy()))
+        for i, size in enumerate(sizes):
+            labels, probs = labels_from_views(views[i], size, label_dtype, return_probs=return_probs,
+                                              tile_bytes=self.tile_bytes)
+            views[i] = []  # free this image's logits before the next one's tiles
+            if probs is not None:
+                out.append((labels.cpu().numpy(), probs.cpu().numpy()))
             else:
-                out.append(labels)
+                out.append(labels.cpu().numpy())
         return out
+
+    def predict_each(self, arrays: Sequence[np.ndarray]) -> List[Union[np.ndarray, Exception]]:
+        """Labels per array, one batch at a time; when a batch fails, its images are retried one by one.
+
+        An image that fails on its own gets its exception in its place instead of a label map, so one
+        bad image never costs its neighbours their results.
+        """
+        results: List[Union[np.ndarray, Exception]] = []
+        for start in range(0, len(arrays), self.batch_size):
+            chunk = list(arrays[start:start + self.batch_size])
+            try:
+                results.extend(self.predict_arrays(chunk))
+                continue
+            except _PREDICT_ERRORS as err:
+                if len(chunk) == 1:
+                    results.append(err)
+                    continue
+            for array in chunk:
+                try:
+                    results.extend(self.predict_arrays([array]))
+                except _PREDICT_ERRORS as err:
+                    results.append(err)
+        return results
 
     def choose_mode(self, height: int, width: int) -> str:
         """The inference mode used for a (resized) image of this size."""
@@ -279,7 +337,7 @@ class Segmenter:
 
     def _model(self, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            logits = self.model(x)
+            logits = self._forward(x)
         if logits.shape[-2:] != x.shape[-2:]:
             raise RuntimeError(f"model returned logits of size {tuple(logits.shape[-2:])} for input "
                                f"{tuple(x.shape[-2:])}; the predictor expects logits at input size")

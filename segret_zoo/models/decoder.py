@@ -85,14 +85,15 @@ class ZIRDecoder(nn.Module):
         return self.classifier(self.dropout(y))
 
     @torch.no_grad()
-    def fuse(self) -> None:
+    def fuse(self) -> nn.Module:
         """Fold ZIR paths, the fuse conv and the BatchNorm (running statistics) into one conv per stage.
 
         Exact in eval mode; afterwards the decoder is for inference (its BatchNorm is frozen into
-        the weights). Idempotent.
+        the weights). Idempotent. Returns ``self``: ``timm.utils.reparameterize_model`` replaces each
+        child that has ``fuse()`` with what it returns.
         """
         if self.fused:
-            return
+            return self
         norm = self.fuse_norm
         scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
         shift = norm.bias - norm.running_mean * scale
@@ -115,3 +116,4 @@ class ZIRDecoder(nn.Module):
         self.linears, self.zir = nn.ModuleList(), nn.ModuleList()
         self.fuse_conv, self.fuse_norm = nn.Identity(), nn.Identity()
         self.fused = True
+        return self

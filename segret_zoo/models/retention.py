@@ -27,7 +27,7 @@ Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
 * the sin/cos tables span all heads (``C/2`` pairs, not ``head_dim/2``), so the elementwise
   kernels run over long contiguous rows instead of broadcasting over heads every 8-16 values.
 """
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.fx
@@ -35,7 +35,14 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import nn
 
-__all__ = ["retention_positions", "head_decays", "rotate_every_two", "theta_shift", "ManhattanSelfAttention"]
+__all__ = [
+    "retention_positions", "head_decays", "rotate_every_two", "theta_shift", "manhattan_bias",
+    "manhattan_attention", "ManhattanSelfAttention",
+]
+
+# bytes of one query block's bias (N x rows*W x HW) in the blocked full-mode path
+BIAS_BLOCK_BYTES = 32 << 20
+_flex_compiled = None
 
 
 def head_decays(num_heads: int, init_value: float, heads_range: float, device: torch.device) -> torch.Tensor:
@@ -70,8 +77,10 @@ def retention_positions(
     head_dim``), one value per channel pair of all heads, for the ``B x H x W x 2 x C`` stack of q and
     k; they are the two interleaved halves of one ``H x W x 1 x C/2 x 2`` ``(cos, sin)`` table, so
     :func:`theta_shift` can view them as one complex table. In decomposed mode ``bias_a`` is the row
-    (width) bias ``1 x N x W x W`` and ``bias_b`` the column (height) bias ``1 x N x H x H``; in full
-    mode both are the ``1 x N x HW x HW`` Manhattan bias. The float32 arithmetic follows the official
+    (width) bias ``1 x N x W x W`` and ``bias_b`` the column (height) bias ``1 x N x H x H``, in both
+    modes: the full Manhattan bias of query ``(i, j)`` and key ``(i', j')`` is ``bias_b[i, i'] +
+    bias_a[j, j']`` (:func:`manhattan_bias`), which :func:`manhattan_attention` adds block by block.
+    The float32 arithmetic follows the official
     code, so the tables are bit-identical to those its released weights were trained with.
     """
     index = torch.arange(height * width, dtype=torch.float32, device=device)
@@ -85,12 +94,9 @@ def retention_positions(
     cols = torch.arange(width, dtype=torch.float32, device=device)
     dist_h = (rows[:, None] - rows[None, :]).abs()
     dist_w = (cols[:, None] - cols[None, :]).abs()
-    if decomposed:
-        return sin, cos, (dist_w * decay).to(dtype), (dist_h * decay).to(dtype)
-    length = height * width
-    manhattan = (dist_h[:, None, :, None] + dist_w[None, :, None, :]).reshape(length, length)
-    bias = (manhattan * decay).to(dtype)
-    return sin, cos, bias, bias
+    # both modes: the 1-D decays; full mode adds them per (query, key) pair in the attention itself
+    # (manhattan_attention), so no 1 x N x HW x HW tensor is built up front
+    return sin, cos, (dist_w * decay).to(dtype), (dist_h * decay).to(dtype)
 
 
 def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
@@ -169,6 +175,111 @@ def theta_shift(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.
 # a leaf for a plain torch.fx.symbolic_trace too (timm's tracer knows it as a notrace function):
 # the choice of formula inspects dtypes and strides, which a symbolic trace does not have
 torch.fx.wrap("theta_shift_")
+
+
+def manhattan_bias(bias_h: torch.Tensor, bias_w: torch.Tensor) -> torch.Tensor:
+    """The full ``1 x N x HW x HW`` bias ``bias_h[i, i'] + bias_w[j, j']`` (row-major tokens) from the 1-D ones."""
+    n, h, w = bias_h.shape[1], bias_h.shape[-1], bias_w.shape[-1]
+    full = bias_h[:, :, :, None, :, None] + bias_w[:, :, None, :, None, :]  # 1 x N x H x W x H x W
+    return full.reshape(1, n, h * w, h * w)
+
+
+def _eager_only(q: torch.Tensor) -> bool:
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    return _not_compiling()
+
+
+@torch.jit.unused
+def _not_compiling() -> bool:
+    return not (torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+
+
+@torch.jit.unused
+def _compiling_for_cuda(q: torch.Tensor) -> bool:
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return q.is_cuda and torch.compiler.is_compiling() and not exporting and _flex_available()
+
+
+@torch.jit.unused
+def _flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:  # torch < 2.5
+        return False
+    return True
+
+
+@torch.jit.unused
+def flex_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
+                             bias_w: torch.Tensor, scale: float, compiled: bool = True) -> torch.Tensor:
+    """Full-mode retention with ``flex_attention``: the decay is a ``score_mod`` read from the 1-D
+    tables, so no mask tensor exists at all. ``compiled=False`` runs flex's eager reference (any device)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _flex_compiled
+    width = bias_w.shape[-1]
+    bh, bw = bias_h[0], bias_w[0]  # N x H x H, N x W x W
+
+    def decay(score, b, h, q_idx, kv_idx):
+        return score + bh[h, q_idx // width, kv_idx // width] + bw[h, q_idx % width, kv_idx % width]
+
+    fn = flex_attention
+    if compiled and not torch.compiler.is_compiling():
+        if _flex_compiled is None:
+            _flex_compiled = torch.compile(flex_attention, dynamic=True)
+        fn = _flex_compiled
+    return fn(q, k, v, score_mod=decay, scale=scale)
+
+
+@torch.jit.unused
+def blocked_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
+                                bias_w: torch.Tensor, scale: float,
+                                block_bytes: Optional[int] = None) -> torch.Tensor:
+    """Full-mode retention a block of image rows of queries at a time: each block's bias
+    ``N x rows*W x HW`` is built from the 1-D tables, so memory stays at one block however large
+    the map. ``q/k/v``: ``B x N x HW x d`` (any strides, unit last dim); returns ``B x N x HW x d``."""
+    B, N, L, d = q.shape
+    height, width = bias_h.shape[-1], bias_w.shape[-1]
+    budget = BIAS_BLOCK_BYTES if block_bytes is None else block_bytes
+    rows = max(1, int(budget // max(N * width * L * bias_h.element_size(), 1)))
+    if rows >= height:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=manhattan_bias(bias_h, bias_w), scale=scale)
+    out = q.new_empty(B, L, N, d)  # written block by block; returned as the B x N x L x d view
+    cols = bias_w[:, :, None, :, None, :]  # 1 x N x 1 x W x 1 x W
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        block = (bias_h[:, :, r0:r1, None, :, None] + cols).reshape(1, N, (r1 - r0) * width, L)
+        s0, s1 = r0 * width, r1 * width
+        res = F.scaled_dot_product_attention(q[:, :, s0:s1], k, v, attn_mask=block, scale=scale)
+        out[:, s0:s1] = res.transpose(1, 2)
+    return out.transpose(1, 2)
+
+
+@register_notrace_function
+def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
+                        bias_w: torch.Tensor, scale: float) -> torch.Tensor:
+    """Full-mode retention ``softmax(q k^T * scale + manhattan_bias) v`` for ``B x N x HW x d`` inputs.
+
+    On CUDA (eager or under ``torch.compile``): ``flex_attention`` with the decay as a ``score_mod``
+    (no mask at all), falling back to SDPA where flex is missing. Eager elsewhere: query blocks whose
+    bias is built from the 1-D tables (:func:`blocked_manhattan_attention`). Scripted, traced,
+    exported or compiled for CPU: one SDPA with the full mask, a graph every backend takes.
+    """
+    if _eager_only(q):
+        if q.is_cuda and _flex_available():
+            return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale, True)
+        return blocked_manhattan_attention(q, k, v, bias_h, bias_w, scale, None)
+    if not torch.jit.is_scripting():
+        if _compiling_for_cuda(q):  # inside torch.compile: dynamo compiles flex itself
+            return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale, False)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=manhattan_bias(bias_h, bias_w), scale=scale)
+
+
+# a leaf for a plain torch.fx.symbolic_trace as well: the block loop runs over the traced sizes
+torch.fx.wrap("manhattan_attention")
 
 
 class ManhattanSelfAttention(nn.Module):
@@ -250,6 +361,6 @@ class ManhattanSelfAttention(nn.Module):
                 out = out.reshape(W, B, N, H, d).permute(1, 3, 0, 2, 4).flatten(3)
         else:
             q_all, k_all, v_all = (t.reshape(B, H * W, N, d).transpose(1, 2) for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q_all, k_all, v_all, attn_mask=bias_a, scale=self.scale)
+            out = manhattan_attention(q_all, k_all, v_all, bias_b, bias_a, self.scale)
             out = out.transpose(1, 2).reshape(B, H, W, C)
         return self.proj(lepe.add_(out))  # in place: the conv keeps no output for backward

@@ -96,6 +96,26 @@ torch.fx.wrap("check_image_batch")
 torch.fx.wrap("retention_positions")
 
 
+@torch.no_grad()
+def fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> nn.Module:
+    """Fold an eval-mode BatchNorm that follows ``conv`` into the conv's weight and bias, in place.
+
+    Exact with running statistics (inference); returns ``nn.Identity()`` to put where the norm was,
+    or ``norm`` unchanged when it is already an identity.
+    """
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return norm
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+    conv.weight.mul_(scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
+    new_bias = (bias - norm.running_mean) * scale + norm.bias
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype))
+    else:
+        conv.bias.copy_(new_bias)
+    return nn.Identity()
+
+
 class Stem(nn.Module):
     """Four 3x3 convs (two with stride 2) with BatchNorm and GELU: image -> stride-4 map (NCHW, channels-last memory)."""
 
@@ -123,6 +143,12 @@ class Stem(nn.Module):
         x = F.gelu(self.bn3(self.conv3(x)))
         return self.bn4(self.conv4(x))
 
+    def fuse(self) -> nn.Module:
+        """Fold the four BatchNorms into their convs (inference; timm's ``reparameterize_model`` hook)."""
+        for i in range(1, 5):
+            setattr(self, f"bn{i}", fold_batchnorm(getattr(self, f"conv{i}"), getattr(self, f"bn{i}")))
+        return self
+
 
 class Downsample(nn.Module):
     """3x3 stride-2 conv + BatchNorm between stages (NCHW in and out, channels-last memory; odd sizes round up)."""
@@ -135,6 +161,11 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
+
+    def fuse(self) -> nn.Module:
+        """Fold the BatchNorm into the strided conv (inference; timm's ``reparameterize_model`` hook)."""
+        self.norm = fold_batchnorm(self.conv, self.norm)
+        return self
 
 
 class ConvFFN(nn.Module):

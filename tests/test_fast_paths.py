@@ -1,0 +1,132 @@
+"""Fast inference forms equal the plain formulation: folds (timm reparameterize_model), blocked and
+flex full-mode retention, and the predictor running its folded copy (issue 9)."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segret_zoo.inference.export import fused_copy
+from segret_zoo.inference.fold import fold_for_inference, needs_folding
+from segret_zoo.inference.predictor import Segmenter
+from segret_zoo.models import retention as R
+from segret_zoo.models.segret import SegRet
+from tests.test_inference_predictor import MINI, SMALL_CFG, random_image
+
+torch.set_num_threads(1)
+
+
+def random_stats_segret(seed: int = 0, backbone=MINI) -> SegRet:
+    """A model where every fold does something: non-zero ZIR paths, random BatchNorm statistics."""
+    torch.manual_seed(seed)
+    model = SegRet(backbone=backbone, num_classes=6, decoder_channels=32, pretrained_cfg=SMALL_CFG)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+        for conv in model.decoder.zir:
+            conv.weight.normal_(0, 0.05)
+            conv.bias.normal_(0, 0.05)
+    return model.eval()
+
+
+def plain_attention(q, k, v, height, width, decay, scale):
+    """softmax(q k^T * scale + decay_h * (|di| + |dj|)) v with an explicit L x L bias, float64."""
+    idx = torch.arange(height * width)
+    dist = ((idx[:, None] // width - idx[None] // width).abs() + (idx[:, None] % width - idx[None] % width).abs())
+    bias = decay.double()[:, None, None] * dist.double()
+    scores = q.double() @ k.double().transpose(-1, -2) * scale + bias
+    return torch.softmax(scores, -1) @ v.double()
+
+
+# ------------------------------------------------------------------------------ folds
+def test_timm_reparameterize_model_folds_decoder_and_encoder_exactly():
+    model = random_stats_segret()
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        ref = model(x)
+        folded = timm.utils.reparameterize_model(model)
+        out = folded(x)
+    # named_children() skips None entries: look at the registered slots themselves
+    assert not [f"{prefix}.{name}" for prefix, module in folded.named_modules()
+                for name, child in module._modules.items() if child is None]
+    assert isinstance(folded.decoder, nn.Module)
+    assert folded.decoder.fused and not model.decoder.fused  # a copy: the model itself is untouched
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.encoder.modules())  # stem + downsample folded
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.encoder.modules())
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    assert ref.abs().max() > 0.1  # not a trivially small output
+
+
+def test_fold_for_inference_is_idempotent_and_leaves_the_model_alone():
+    model = random_stats_segret(seed=1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = fold_for_inference(model)
+    assert needs_folding(model) and not needs_folding(folded)
+    assert fold_for_inference(folded) is folded  # nothing left to fold: no copy
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    exported = fused_copy(model)
+    assert not needs_folding(exported)
+
+
+def test_segmenter_runs_the_folded_copy_by_default():
+    model = random_stats_segret(seed=2)
+    model.train()
+    rgb = random_image(120, 150, seed=2)
+    seg = Segmenter(model)
+    assert seg.model is not model and seg.model.decoder.fused and not model.decoder.fused
+    assert model.training  # the user's model is not switched or modified
+    labels, probs = seg(rgb, return_probs=True)
+    ref_labels, ref_probs = Segmenter(copy.deepcopy(model), fold=False)(rgb, return_probs=True)
+    np.testing.assert_allclose(probs, ref_probs, atol=1e-5)
+    assert (labels == ref_labels).mean() > 0.999
+
+
+# ------------------------------------------------------------------------------ full-mode retention
+@pytest.mark.parametrize("hw", [(7, 9), (12, 20)])
+def test_blocked_full_retention_equals_plain(hw):
+    height, width = hw
+    heads, dim = 4, 16
+    _, _, bias_w, bias_h = R.retention_positions(height, width, heads, dim, 2.0, 4.0, False, torch.float32, "cpu")
+    gen = torch.Generator().manual_seed(height)
+    q, k, v = (torch.randn(2, heads, height * width, dim, generator=gen) for _ in range(3))
+    ref = plain_attention(q, k, v, height, width, R.head_decays(heads, 2.0, 4.0, "cpu"), 0.25)
+    for block_bytes in (1, heads * width * height * width * 4 * 3, 1 << 40):  # 1 row, 3 rows, one block
+        out = R.blocked_manhattan_attention(q, k, v, bias_h, bias_w, 0.25, block_bytes=block_bytes)
+        torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
+    dense = F.scaled_dot_product_attention(q, k, v, attn_mask=R.manhattan_bias(bias_h, bias_w), scale=0.25)
+    torch.testing.assert_close(dense.double(), ref, atol=1e-4, rtol=0)
+
+
+def test_flex_attention_matches_sdpa_on_cpu():
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    height, width, heads, dim = 6, 10, 2, 16
+    _, _, bias_w, bias_h = R.retention_positions(height, width, heads, dim, 2.0, 4.0, False, torch.float32, "cpu")
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, heads, height * width, dim, generator=gen) for _ in range(3))
+    ref = plain_attention(q, k, v, height, width, R.head_decays(heads, 2.0, 4.0, "cpu"), 0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # flex's eager reference path warns that it is unfused
+        out = R.flex_manhattan_attention(q, k, v, bias_h, bias_w, 0.25, compiled=False)
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
+
+
+def test_model_with_many_query_blocks_equals_one_block(monkeypatch):
+    """The whole encoder with one query row per block gives the single-mask result."""
+    model = random_stats_segret(seed=3)
+    x = torch.randn(1, 3, 160, 224)
+    with torch.no_grad():
+        one_block = model(x)
+        monkeypatch.setattr(R, "BIAS_BLOCK_BYTES", 1)
+        many = model(x)
+    torch.testing.assert_close(many, one_block, atol=1e-4, rtol=0)
