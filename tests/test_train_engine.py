@@ -138,7 +138,8 @@ def test_signal_finishes_step_and_saves(tmp_path, sig):
 
     def send() -> None:  # once training has logged a step, signal this (main-thread) process
         deadline = time.time() + 60
-        while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        log = run / "metrics.jsonl"  # written empty during setup: wait for a logged training step
+        while time.time() < deadline and not (log.exists() and '"train"' in log.read_text()):
             time.sleep(0.02)
         os.kill(os.getpid(), sig)
 

@@ -855,11 +855,11 @@ class _Run:
     def run(self) -> Dict[str, Any]:
         cfg = self.cfg
         t0 = time.perf_counter()
-        self._setup()
         stopper = _SignalStop()
-        if cfg.handle_signals:
+        if cfg.handle_signals:  # before setup: a stop during the data check or model build is a stop too
             stopper.install()
         try:
+            self._setup()
             return self._loop(stopper, t0)
         finally:
             stopper.restore()
