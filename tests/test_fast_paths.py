@@ -130,3 +130,28 @@ def test_model_with_many_query_blocks_equals_one_block(monkeypatch):
         monkeypatch.setattr(R, "BIAS_BLOCK_BYTES", 1)
         many = model(x)
     torch.testing.assert_close(many, one_block, atol=1e-4, rtol=0)
+
+
+def test_reparameterized_model_saves_and_loads_back(tmp_path):
+    """A model saved after reparameterize_model (decoder and encoder BatchNorms folded) rebuilds the same
+    module layout from config.json and gives the same logits."""
+    from timm.utils import reparameterize_model
+
+    from segret_zoo.factory import from_pretrained
+
+    model = SegRet(backbone=dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4)),
+                   num_classes=3, decoder_channels=16).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so folding changes the weights
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+    folded = reparameterize_model(model)
+    assert folded.encoder_bn_folded and folded.decoder.fused
+    folded.save_pretrained(tmp_path / "saved")
+    loaded = from_pretrained(tmp_path / "saved")
+    assert loaded.encoder_bn_folded and loaded.decoder.fused
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected, atol=1e-4, rtol=1e-4)

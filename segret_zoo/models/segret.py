@@ -14,6 +14,8 @@ from segret_zoo.models.decoder import ZIRDecoder
 from segret_zoo.models.rmt import (
     RMT,
     RMT_CONFIGS,
+    Downsample,
+    Stem,
     check_relpos,
     describe_model,
     infer_rmt_variant,
@@ -107,7 +109,7 @@ class SegRet(HubMixin, nn.Module):
     CONFIG_TYPES = {
         "architecture": (str, type(None)), "backbone": (str, dict), "num_classes": (int,),
         "decoder_channels": (int,), "decoder_dropout": (float,), "drop_path_rate": (float,),
-        "freeze_backbone_bn": (bool,), "zir_fused": (bool,), "id2label": (dict, type(None)),
+        "freeze_backbone_bn": (bool,), "zir_fused": (bool,), "encoder_bn_folded": (bool,), "id2label": (dict, type(None)),
         "pretrained_cfg": (dict, type(None)),
     }
 
@@ -169,6 +171,7 @@ class SegRet(HubMixin, nn.Module):
             **self._init_args,
             "freeze_backbone_bn": self.freeze_backbone_bn,
             "zir_fused": self.decoder.fused,
+            "encoder_bn_folded": self.encoder_bn_folded,
             "id2label": {str(k): v for k, v in self.id2label.items()},
             "label2id": {v: k for k, v in self.id2label.items()},
         }
@@ -193,6 +196,8 @@ class SegRet(HubMixin, nn.Module):
         )
         if cfg.get("zir_fused"):
             model.fuse_zir()
+        if cfg.get("encoder_bn_folded"):  # saved after reparameterize_model: same module layout, then load
+            model.fold_encoder_batchnorms()
         return model
 
     # ------------------------------------------------------------------------------ forward
@@ -221,6 +226,18 @@ class SegRet(HubMixin, nn.Module):
     def fuse_zir(self) -> SegRet:
         """Fold the zero-initialized paths (and the decoder's fuse conv and BatchNorm) for inference."""
         self.decoder.fuse()
+        return self
+
+    @property
+    def encoder_bn_folded(self) -> bool:
+        """True once the encoder's BatchNorms were folded into their convs (``reparameterize_model``)."""
+        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.encoder.modules())
+
+    def fold_encoder_batchnorms(self) -> SegRet:
+        """Fold the stem's and the downsamples' BatchNorms into their convs, as ``reparameterize_model`` does."""
+        for module in list(self.encoder.modules()):
+            if isinstance(module, (Stem, Downsample)):
+                module.fuse()
         return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -274,6 +291,7 @@ class SegRet(HubMixin, nn.Module):
         return {
             "architecture": arch, "backbone": backbone, "num_classes": num_classes, "decoder_channels": channels,
             "zir_fused": "decoder.folded.0.weight" in state_dict,
+            "encoder_bn_folded": "encoder.stem.bn1.running_mean" not in state_dict,
             "pretrained_cfg": default_pretrained_cfg(arch, None, num_classes),
         }
 
