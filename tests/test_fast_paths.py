@@ -155,3 +155,22 @@ def test_reparameterized_model_saves_and_loads_back(tmp_path):
     assert loaded.encoder_bn_folded and loaded.decoder.fused
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_full_mask_is_built_once_per_stage_and_reused_exactly(monkeypatch):
+    """The blocks of a full-mode stage share one mask (built for the first block), with the same outputs."""
+    from segret_zoo.models import retention
+
+    model = SegRet(backbone=dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 3, 2), num_heads=(1, 2, 3, 4),
+                                 decomposed=(True, True, False, False)), num_classes=3, decoder_channels=16).eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        monkeypatch.setattr(retention, "_stage_full_bias", retention.manhattan_bias)  # one mask per block
+        expected = model(x)
+        monkeypatch.undo()
+        built = []
+        real = retention.manhattan_bias
+        monkeypatch.setattr(retention, "manhattan_bias", lambda h, w: built.append(1) or real(h, w))
+        got = model(x)
+    assert len(built) == 2  # stages 3 and 4 (five full-mode blocks)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)

@@ -234,6 +234,27 @@ def flex_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return fn(q, k, v, score_mod=decay, scale=scale)
 
 
+# the last full mask built, with the 1-D tables it came from: (bias_h, bias_w, mask)
+_last_full_bias: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+
+@torch.jit.unused
+def _stage_full_bias(bias_h: torch.Tensor, bias_w: torch.Tensor) -> torch.Tensor:
+    """The full mask of a map that fits one block, built once per stage rather than once per block.
+
+    Every block of a stage gets the very same 1-D table objects, so the mask built for the first block
+    is reused (checked by identity, which also keeps the tables alive so no other tensor can take their
+    place). At most one mask of at most ``BIAS_BLOCK_BYTES`` stays referenced between forwards.
+    """
+    if _last_full_bias:
+        h, w, full = _last_full_bias[0]
+        if h is bias_h and w is bias_w:
+            return full
+    full = manhattan_bias(bias_h, bias_w)
+    _last_full_bias[:] = [(bias_h, bias_w, full)]
+    return full
+
+
 @torch.jit.unused
 def blocked_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
                                 bias_w: torch.Tensor, scale: float,
@@ -246,7 +267,7 @@ def blocked_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     budget = BIAS_BLOCK_BYTES if block_bytes is None else block_bytes
     rows = max(1, int(budget // max(N * width * L * bias_h.element_size(), 1)))
     if rows >= height:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=manhattan_bias(bias_h, bias_w), scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_stage_full_bias(bias_h, bias_w), scale=scale)
     out = q.new_empty(B, L, N, d)  # written block by block; returned as the B x N x L x d view
     cols = bias_w[:, :, None, :, None, :]  # 1 x N x 1 x W x 1 x W
     for r0 in range(0, height, rows):
