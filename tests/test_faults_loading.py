@@ -30,6 +30,7 @@ from segret_zoo.hub.weights import load_torch_file
 from segret_zoo.train.checkpoint import checkpoint_name, list_checkpoints, load_checkpoint
 from segret_zoo.train.engine import TrainConfig, train
 from tests.official_layout import randomize_, to_official
+from tests.tiny_data import TensorSet
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VECTORS = REPO_ROOT / "tests" / "data" / "reference" / "vectors"
@@ -72,26 +73,8 @@ def _assert_refused(err: BaseException, path: Path) -> None:
     assert "\n" not in text
 
 
-class TensorSet:
-    """Ready (image, mask) tensor pairs: a tiny training set for the resume paths."""
-
-    num_classes = 3
-    classes = ("a", "b", "c")
-
-    def __init__(self, n: int = 4, seed: int = 0, size: int = 32) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 3, size, size, generator=g)
-        self.y = torch.randint(0, 3, (n, size, size), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i]
-
-
 def _train_cfg(out: Path, **kw) -> TrainConfig:
-    base = dict(model="segret_tiny", model_kwargs=dict(SMALL), train_dataset=TensorSet(), val_dataset=TensorSet(2, 1),
+    base = dict(model="segret_tiny", model_kwargs=dict(SMALL), train_dataset=TensorSet(4), val_dataset=TensorSet(2, 1),
                 iters=2, batch_size=2, warmup_iters=1, eval_interval=100, ckpt_interval=1, log_interval=1,
                 out_dir=str(out), progress=False, lr=1e-3)
     base.update(kw)

@@ -33,6 +33,8 @@ from segret_zoo.errors import (
 )
 from segret_zoo.train.checkpoint import find_last, list_checkpoints, load_checkpoint, save_checkpoint
 from segret_zoo.train.engine import TrainConfig, resolve_config, train
+from tests.tiny_data import TensorSet
+from tests.tiny_data import make_folder_dataset as _make_folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
@@ -40,19 +42,8 @@ TINY = dict(backbone=TINY_BACKBONE, decoder_channels=16, decoder_dropout=0.0)
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def make_folder_dataset(root: Path, n_train: int = 4, n_val: int = 2, size=(32, 40)) -> Path:
-    rs = np.random.RandomState(0)
-    (root / "classes.txt").parent.mkdir(parents=True, exist_ok=True)
-    (root / "classes.txt").write_text("sky\nroad\ncar\n")
-    for split, n in (("train", n_train), ("val", n_val)):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            Image.fromarray(rs.randint(0, 255, size + (3,), dtype=np.uint8)).save(root / "images" / split / f"{i}.png")
-            mask = rs.randint(0, 3, size).astype(np.uint8)
-            mask[:3] = 255
-            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
-    return root
+def make_folder_dataset(root: Path, n_train: int = 4, n_val: int = 2) -> Path:
+    return _make_folder_dataset(root, n_train, n_val, size=(32, 40), ignore_rows=3)
 
 
 @pytest.fixture
@@ -86,22 +77,6 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-class TensorSet:
-    num_classes = 3
-    classes = ("a", "b", "c")
-
-    def __init__(self, n: int = 8, seed: int = 0, size: int = 32) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 3, size, size, generator=g)
-        self.y = torch.randint(0, 3, (n, size, size), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i]
 
 
 def cfg_for(out: Path, **kw) -> TrainConfig:

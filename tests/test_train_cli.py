@@ -4,28 +4,12 @@ from __future__ import annotations
 import json
 import signal
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from segret_zoo.cli import main
+from tests.tiny_data import make_folder_dataset
 
 TINY_BACKBONE = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
-
-
-def make_folder_dataset(root, n_train: int = 2, n_val: int = 2, size=(40, 48)):
-    rs = np.random.RandomState(0)
-    root.mkdir(parents=True)
-    (root / "classes.txt").write_text("sky\nroad\ncar\n")
-    for split, n in (("train", n_train), ("val", n_val)):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rs.randint(0, 255, size + (3,), dtype=np.uint8)).save(root / "images" / split / f"{i}.png")
-            mask = rs.randint(0, 3, size).astype(np.uint8)
-            mask[:4] = 255
-            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
-    return root
 
 
 @pytest.fixture

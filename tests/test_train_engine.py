@@ -14,28 +14,17 @@ from safetensors.torch import load_file
 
 from segret_zoo.train.checkpoint import find_last, load_checkpoint
 from segret_zoo.train.engine import NonFiniteLossError, TrainConfig, train
+from tests.tiny_data import TensorSet as _TensorSet
 
 TINY = dict(backbone=dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4)),
             decoder_channels=32)
 
 
-class TensorSet:
+class TensorSet(_TensorSet):
     """Ready (image, mask) tensor pairs, with ignore pixels."""
 
-    num_classes = 3
-    classes = ("a", "b", "c")
-
     def __init__(self, n: int = 8, seed: int = 0, size: int = 32) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 3, size, size, generator=g)
-        self.y = torch.randint(0, 3, (n, size, size), generator=g)
-        self.y[:, :3] = 255
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i]
+        super().__init__(n, seed, size, ignore_rows=3)
 
 
 def tiny_cfg(out: Path, **kw) -> TrainConfig:
