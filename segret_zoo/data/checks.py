@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from segret_zoo.data.classes import IGNORE_INDEX
+from segret_zoo.data.datasets import check_mask_size
 from segret_zoo.data.images import load_mask
 from segret_zoo.errors import ImageReadError, MaskValueError
 from segret_zoo.files import write_json_atomic
@@ -64,10 +65,9 @@ def _check_one(sample: Tuple[Path, Path, Any], num_classes: int, decode: bool) -
             mh, mw = mask.shape
         else:
             mw, mh = _header_size(mask_file)
+        check_mask_size(image_file, mask_file, (ih, iw), (mh, mw))
     except (MaskValueError, ImageReadError) as err:
         return str(err)
-    if (mh, mw) != (ih, iw):
-        return f"{mask_file}: mask size {mw}x{mh} does not match image {image_file} ({iw}x{ih})"
     return None
 
 

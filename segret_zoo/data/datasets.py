@@ -43,6 +43,7 @@ __all__ = [
     "MaskValueError",
     "SegDataset",
     "build_dataset",
+    "check_mask_size",
     "load_image",
     "load_mask",
     "parse_spec",
@@ -96,6 +97,13 @@ class LabelMapping:
         valid[list(valid_values)] = True
         valid[IGNORE_INDEX] = True
         return LabelMapping(lut, valid, description)
+
+
+def check_mask_size(image_file: Path, mask_file: Path, image_hw: Sequence[int], mask_hw: Sequence[int]) -> None:
+    """A mask must have its image's size (no resizing would make a label map line up with its pixels)."""
+    if tuple(image_hw) != tuple(mask_hw):
+        raise MaskValueError(f"{mask_file}: mask size {mask_hw[1]}x{mask_hw[0]} does not match "
+                             f"image {image_file} ({image_hw[1]}x{image_hw[0]})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,11 +166,7 @@ class SegDataset:
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         image = load_image(self.samples[index][0], exif_transpose=False)
         mask = self.load_mask(index)
-        if image.shape[:2] != mask.shape:
-            raise MaskValueError(
-                f"{self.samples[index][1]}: mask size {mask.shape[1]}x{mask.shape[0]} does not match "
-                f"image {self.samples[index][0]} ({image.shape[1]}x{image.shape[0]})"
-            )
+        check_mask_size(self.samples[index][0], self.samples[index][1], image.shape[:2], mask.shape)
         return image, mask
 
     def __getitem__(self, index: int) -> Any:
