@@ -283,10 +283,10 @@ def add_cli(subparsers: Any) -> None:
                     "segret_tiny from scratch on the CPU, report held-out mIoU, save with save_pretrained, "
                     "reload with from_pretrained and write the overlay of a fresh scene. No download needed.")
     p.add_argument("--out", default="segret_demo", help="output folder (default: ./segret_demo)")
-    p.add_argument("--quick", action="store_true", help="a tiny run (~30 s) that checks the pipeline, for tests")
+    p.add_argument("--quick", action="store_true", help="a tiny run (seconds) that checks the pipeline, for tests")
     p.add_argument("--seconds", type=float, default=None,
-                   help=f"wall-clock target for the whole demo (default {DEMO_SETTINGS['seconds']:g}, "
-                        f"quick {QUICK_SETTINGS['seconds']:g})")
+                   help=f"safety deadline for the whole demo, which otherwise runs a fixed number of iterations "
+                        f"(default {DEMO_SETTINGS['seconds']:g}, quick {QUICK_SETTINGS['seconds']:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated data and of training")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 or 2, whichever a short probe finds faster)")
     p.set_defaults(func=_run)
