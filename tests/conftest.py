@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,22 @@ import torch
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
+
+
+@pytest.fixture(autouse=True)
+def no_child_process_left():
+    """Each test leaves no multiprocessing child (a DataLoader worker, say) behind.
+
+    Why: the training workers ignore SIGTERM, and at exit multiprocessing joins every child it
+    terminated, so one leaked worker hangs the whole pytest run after its last test passed.
+    A leak is killed here and fails the test that made it.
+    """
+    yield
+    left = multiprocessing.active_children()
+    for child in left:
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(5)
+    assert not left, f"the test left {len(left)} child process(es) running: {left}"
 
 # A SegRet/RMT small enough for sub-second tests; exercises both retention modes.
 TINY_BACKBONE = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -245,6 +246,30 @@ def test_worker_traceback_in_a_mask_error_becomes_one_line(tmp_path, tiny_model_
     assert main(argv) == 2
     line = one_error_line(capsys.readouterr().err)
     assert str(bad) in line and "77" in line and "DataLoader worker" not in line
+    # the workers ignore SIGTERM, so one left behind would hang interpreter exit (multiprocessing joins it)
+    assert multiprocessing.active_children() == []
+
+
+def test_a_worker_error_lets_the_process_exit(tmp_path, tiny_model_dir):
+    """A real process whose training died of a worker's error exits (it used to hang joining a worker)."""
+    data = make_folder_dataset(tmp_path / "data", n_train=4)
+    bad = data / "masks" / "train" / "1.png"
+    mask = np.asarray(Image.open(bad)).copy()
+    mask[0, 0] = 77
+    Image.fromarray(mask).save(bad)
+    argv = train_argv(tiny_model_dir, data, tmp_path / "run", "--iters", "4", "--workers", "2", "--check-data",
+                      "off", "--eval-interval", "1000")
+    proc = _start(argv, tmp_path / "log.txt")
+    try:
+        proc.communicate(timeout=60)  # it exits in a few seconds
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("the training process did not exit after its error: " +
+                             (tmp_path / "log.txt").read_text()[-2000:]) from None
+    log = (tmp_path / "log.txt").read_text()
+    assert proc.returncode == 2, log[-2000:]
+    assert str(bad) in one_error_line(log)
 
 
 def test_save_comes_before_evaluation(tmp_path):

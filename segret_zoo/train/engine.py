@@ -360,6 +360,20 @@ def _worker_error(err: BaseException) -> BaseException:
     return type(err)(lines[-1])
 
 
+def _shutdown_workers(data: Iterator) -> None:
+    """Stop a DataLoader iterator's workers now, on every way out of the loop.
+
+    Why: the workers ignore SIGTERM (:func:`_train_worker_init`), and an exception's traceback keeps the
+    iterator alive, so its own ``__del__`` may never run; at interpreter exit, ``multiprocessing`` then
+    SIGTERMs its daemon children and joins them, which waits forever on a worker that ignores it.
+    ``_shutdown_workers`` is the method the iterator's ``__del__`` calls (idempotent); single-process
+    iterators have none.
+    """
+    shutdown = getattr(data, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 class _SignalStop:
     """SIGINT/SIGTERM set a flag checked after each step; a second signal aborts at once."""
 
@@ -932,6 +946,7 @@ class _Run:
                     last_eval = it
                     self._plot()
         finally:
+            _shutdown_workers(data)
             if bar is not None:
                 bar.close()
         if stop_reason is None:
