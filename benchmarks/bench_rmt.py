@@ -97,10 +97,27 @@ def count_params(model: torch.nn.Module) -> Tuple[int, int]:
     return total - head, total
 
 
+def _count_cpu_flash_attention() -> None:
+    """``FlopCounterMode`` knows the CUDA SDPA kernels but not the CPU flash one, whose FLOPs would be
+    left out (``q k^T`` and ``p v``: ``2 B N Lq S (d + d_v)``)."""
+    from torch.utils import flop_counter
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        b, n, lq, d = query_shape
+        return 2 * b * n * lq * key_shape[-2] * (d + value_shape[-1])
+
+
 def count_flops(fn: Callable[[torch.Tensor], Any], size: Size) -> int:
     import warnings
 
     from torch.utils.flop_counter import FlopCounterMode
+
+    _count_cpu_flash_attention()
 
     x = torch.randn(1, 3, *size)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter, warnings.catch_warnings():

@@ -57,7 +57,7 @@ def check_parity(device: torch.device, small: bool) -> None:
     plain = torch.softmax(q.double() @ k.double().transpose(-1, -2) * dim ** -0.5
                           + decay.double()[:, None, None] * dist.double(), -1) @ v.double()
     sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=R.manhattan_bias(bias_h, bias_w), scale=dim ** -0.5)
-    blocked = R.blocked_manhattan_attention(q, k, v, bias_h, bias_w, dim ** -0.5, block_bytes=1)
+    blocked = R.blocked_manhattan_attention(q, k, v, bias_h, bias_w, dim ** -0.5, table_bytes=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         flex_eager = R.flex_manhattan_attention(q, k, v, bias_h, bias_w, dim ** -0.5, compiled=False)

@@ -101,8 +101,10 @@ def test_blocked_full_retention_equals_plain(hw):
     gen = torch.Generator().manual_seed(height)
     q, k, v = (torch.randn(2, heads, height * width, dim, generator=gen) for _ in range(3))
     ref = plain_attention(q, k, v, height, width, R.head_decays(heads, 2.0, 4.0, "cpu"), 0.25)
-    for block_bytes in (1, heads * width * height * width * 4 * 3, 1 << 40):  # 1 row, 3 rows, one block
-        out = R.blocked_manhattan_attention(q, k, v, bias_h, bias_w, 0.25, block_bytes=block_bytes)
+    row_table = heads * width * (2 * height - 1) * width * 4
+    # row by row (nothing fits), tables of 1 and 3 rows, the whole mask
+    for table_bytes in (1, row_table, 3 * row_table, 1 << 40):
+        out = R.blocked_manhattan_attention(q, k, v, bias_h, bias_w, 0.25, table_bytes=table_bytes)
         torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
     dense = F.scaled_dot_product_attention(q, k, v, attn_mask=R.manhattan_bias(bias_h, bias_w), scale=0.25)
     torch.testing.assert_close(dense.double(), ref, atol=1e-4, rtol=0)
@@ -121,14 +123,19 @@ def test_flex_attention_matches_sdpa_on_cpu():
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=0)
 
 
-def test_model_with_many_query_blocks_equals_one_block(monkeypatch):
-    """The whole encoder with one query row per block gives the single-mask result."""
+@pytest.mark.parametrize("table_rows", [0, 2])  # row by row with no table; 2-row tables
+def test_model_with_many_query_blocks_equals_one_block(monkeypatch, table_rows):
+    """The whole encoder with its full-mode stages in blocks of query rows gives the single-mask result."""
     model = random_stats_segret(seed=3)
-    x = torch.randn(1, 3, 160, 224)
+    x = torch.randn(1, 3, 160, 224)  # stage 3: 10 x 14 tokens, 3 heads
     with torch.no_grad():
         one_block = model(x)
-        monkeypatch.setattr(R, "BIAS_BLOCK_BYTES", 1)
+        monkeypatch.setattr(R, "BIAS_TABLE_BYTES", max(1, table_rows * 3 * 14 * 19 * 14 * 4))
+        built = []
+        real = R.row_shift_table
+        monkeypatch.setattr(R, "row_shift_table", lambda h, w, rows: built.append(rows) or real(h, w, rows))
         many = model(x)
+    assert built == ([2] if table_rows else [])  # stage 3 (stage 4's whole mask fits the budget)
     torch.testing.assert_close(many, one_block, atol=1e-4, rtol=0)
 
 
@@ -158,19 +165,42 @@ def test_reparameterized_model_saves_and_loads_back(tmp_path):
 
 
 def test_full_mask_is_built_once_per_stage_and_reused_exactly(monkeypatch):
-    """The blocks of a full-mode stage share one mask (built for the first block), with the same outputs."""
-    from segret_zoo.models import retention
-
+    """The blocks of a full-mode stage share one mask (built for the first block), with the same outputs;
+    a small mask is kept for the next forward at the same size, a large one is freed with its stage."""
     model = SegRet(backbone=dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 3, 2), num_heads=(1, 2, 3, 4),
                                  decomposed=(True, True, False, False)), num_classes=3, decoder_channels=16).eval()
     x = torch.randn(1, 3, 96, 128)
+    monkeypatch.setattr(R, "_stage_bias", [])
     with torch.no_grad():
-        monkeypatch.setattr(retention, "_stage_full_bias", retention.manhattan_bias)  # one mask per block
-        expected = model(x)
-        monkeypatch.undo()
+        with monkeypatch.context() as m:
+            m.setattr(R, "_stage_cached", lambda h, w, key, build: build())  # one mask per block
+            expected = model(x)
         built = []
-        real = retention.manhattan_bias
-        monkeypatch.setattr(retention, "manhattan_bias", lambda h, w: built.append(1) or real(h, w))
+        real = R.manhattan_bias
+        monkeypatch.setattr(R, "manhattan_bias", lambda h, w: built.append(1) or real(h, w))
         got = model(x)
-    assert len(built) == 2  # stages 3 and 4 (five full-mode blocks)
-    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+        assert len(built) == 2  # stages 3 and 4 (five full-mode blocks)
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+        assert len(R._stage_bias) == 2
+        torch.testing.assert_close(model(x), expected, atol=0, rtol=0)
+        assert len(built) == 2  # the next forward at this size found both again
+        model(torch.randn(1, 3, 64, 64))
+        assert len(built) == 4  # another size: built anew
+
+        monkeypatch.setattr(R, "KEEP_BIAS_BYTES", 0)  # nothing is small enough to keep
+        monkeypatch.setattr(R, "_stage_bias", [])
+        torch.testing.assert_close(model(x), expected, atol=0, rtol=0)
+    assert len(built) == 6 and R._stage_bias == []  # held weakly: freed with the stage's position tables
+
+
+def test_a_mask_kept_from_inference_mode_is_not_reused_under_autograd(monkeypatch):
+    """A bias cached by an ``inference_mode`` forward cannot be saved for backward: training rebuilds it."""
+    model = SegRet(backbone=dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
+                                 decomposed=(True, True, False, False)), num_classes=3, decoder_channels=16)
+    monkeypatch.setattr(R, "_stage_bias", [])
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        model.eval()(x)
+    assert R._stage_bias and all(e.bias.is_inference() for e in R._stage_bias)
+    model.train()(x).sum().backward()
+    assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)

@@ -25,8 +25,15 @@ Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
   ``torch.export``/``torch.compile``/ONNX and dtypes without a complex counterpart (bf16, fp16)
   use the same formula written with real tensors;
 * the sin/cos tables span all heads (``C/2`` pairs, not ``head_dim/2``), so the elementwise
-  kernels run over long contiguous rows instead of broadcasting over heads every 8-16 values.
+  kernels run over long contiguous rows instead of broadcasting over heads every 8-16 values;
+* full mode on the CPU (:func:`blocked_manhattan_attention`): a stage builds its bias once for all
+  its blocks, as the whole ``N x L x L`` mask while that is small, else as a row-shift table of
+  ``N x rows x W x (2H-1) x W`` whose strided views are the bias of every block of ``rows`` query
+  rows (at 1024 x 2048, stage 3 of rmt_t: 508 MiB instead of 2 GiB, and nothing rebuilt per block).
+  The flash kernel takes such a view as it is, and runs at full speed from about 1024 queries per
+  call, so the blocks are as many rows as make that.
 """
+import weakref
 from typing import List, Optional, Tuple
 
 import torch
@@ -40,8 +47,11 @@ __all__ = [
     "manhattan_attention", "ManhattanSelfAttention",
 ]
 
-# bytes of one query block's bias (N x rows*W x HW) in the blocked full-mode path
-BIAS_BLOCK_BYTES = 32 << 20
+# bytes a full-mode stage may hold for its bias: the whole N x HW x HW mask, or a row-shift table
+BIAS_TABLE_BYTES = 512 << 20
+# queries per SDPA call from which the CPU flash kernel takes its large query tiles (8 heads x 8192
+# keys x 32 dims, 2 threads: calls of 128 queries took 1.66x the time of calls of 1024)
+QUERY_BLOCK = 1024
 _flex_compiled = None
 
 
@@ -234,48 +244,138 @@ def flex_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return fn(q, k, v, score_mod=decay, scale=scale)
 
 
-# the last full mask built, with the 1-D tables it came from: (bias_h, bias_w, mask)
-_last_full_bias: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+class _BiasEntry:
+    """One cached full-mode bias and the 1-D tables it was built from (strongly or weakly held)."""
+
+    def __init__(self, bias_h: torch.Tensor, bias_w: torch.Tensor, key: Tuple[int, ...], bias: torch.Tensor,
+                 keep: bool) -> None:
+        self.key, self.bias, self.keep = key, bias, keep
+        if keep:  # small: kept across forwards, found again by value
+            self.tables: Tuple[torch.Tensor, torch.Tensor] = (bias_h, bias_w)
+        else:  # stage-sized: lives as long as the stage's own tables do
+            self.refs = (weakref.ref(bias_h, _drop_entry), weakref.ref(bias_w))
+
+    def matches(self, bias_h: torch.Tensor, bias_w: torch.Tensor, key: Tuple[int, ...]) -> bool:
+        if self.key != key:
+            return False
+        if self.bias.is_inference() and not torch.is_inference_mode_enabled():
+            return False  # built under inference_mode: autograd may not save it for backward
+        if not self.keep:
+            return self.refs[0]() is bias_h and self.refs[1]() is bias_w
+        return all(a is b or (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
+                   for a, b in zip(self.tables, (bias_h, bias_w)))
+
+
+# newest first; the kept entries together hold at most KEEP_BIAS_BYTES, plus at most one stage-sized entry
+_stage_bias: List[_BiasEntry] = []
+
+
+def _drop_entry(ref: weakref.ref) -> None:
+    """Weakref callback (a plain function, so no entry is kept alive by a reference cycle)."""
+    _stage_bias[:] = [e for e in _stage_bias if e.keep or e.refs[0] is not ref]
+# full-mode biases up to this many bytes in all stay cached between forwards (stages 3 and 4 of
+# rmt_t at 512 x 512: 36 MiB), so inference at one size builds them once, not once per image
+KEEP_BIAS_BYTES = 64 << 20
 
 
 @torch.jit.unused
-def _stage_full_bias(bias_h: torch.Tensor, bias_w: torch.Tensor) -> torch.Tensor:
-    """The full mask of a map that fits one block, built once per stage rather than once per block.
+def _stage_cached(bias_h: torch.Tensor, bias_w: torch.Tensor, key: Tuple[int, ...], build) -> torch.Tensor:
+    """The bias a stage's blocks share, built for its first block and reused by the others.
 
-    Every block of a stage gets the very same 1-D table objects, so the mask built for the first block
-    is reused (checked by identity, which also keeps the tables alive so no other tensor can take their
-    place). At most one mask of at most ``BIAS_BLOCK_BYTES`` stays referenced between forwards.
+    Every block of a stage gets the very same 1-D table objects, so a stage finds its bias by their
+    identity. A bias that fits ``KEEP_BIAS_BYTES`` is also found again by the tables' values in later
+    forwards (the next image of the same size). A larger one is held only weakly: when the stage's
+    forward is over and its tables are freed, the bias goes with them, so no stage-sized tensor
+    outlives the stage (nor raises the peak memory of what comes after it, such as the decoder).
     """
-    if _last_full_bias:
-        h, w, full = _last_full_bias[0]
-        if h is bias_h and w is bias_w:
-            return full
-    full = manhattan_bias(bias_h, bias_w)
-    _last_full_bias[:] = [(bias_h, bias_w, full)]
-    return full
+    if bias_h.device.type == "meta":  # shapes only: nothing to share, and values cannot be compared
+        return build()
+    for entry in _stage_bias:
+        if entry.matches(bias_h, bias_w, key):
+            _stage_bias.remove(entry)
+            _stage_bias.insert(0, entry)
+            return entry.bias
+    bias = build()
+    size = bias.numel() * bias.element_size()
+    keep = size <= KEEP_BIAS_BYTES
+    entries = [_BiasEntry(bias_h, bias_w, key, bias, keep)]
+    if keep:
+        entries += [e for e in _stage_bias if not e.keep]
+    total = size if keep else 0
+    for entry in (e for e in _stage_bias if e.keep):
+        total += entry.bias.numel() * entry.bias.element_size()
+        if total <= KEEP_BIAS_BYTES:
+            entries.append(entry)
+    _stage_bias[:] = entries
+    return bias
+
+
+def row_shift_table(bias_h: torch.Tensor, bias_w: torch.Tensor, rows: int) -> torch.Tensor:
+    """``N x rows x W x (2H-1) x W`` table whose strided views are the full-mode bias of any block of
+    ``rows`` query rows, with no ``N x L x L`` tensor built.
+
+    Entry ``[n, r, j, e, j']`` is ``bias_h[n, |r + H-1 - e|] + bias_w[n, j, j']``. For the block starting
+    at query row ``r0``, key row ``i'`` sits at ``e = i' + H-1 - r0``: the bias of query ``(r0 + r, j)`` and
+    key ``(i', j')`` is then ``bias_h[r0 + r, i'] + bias_w[j, j']``, bit for bit the value
+    :func:`manhattan_bias` adds. Keys ``(i', j')`` of one query are contiguous (``e`` steps by ``W``)
+    and the queries ``(r, j)`` of a block share one stride, so :func:`_row_block_bias` is a view.
+    """
+    height = bias_h.shape[-1]
+    local = torch.arange(rows, device=bias_h.device)[:, None]
+    shift = torch.arange(2 * height - 1, device=bias_h.device)[None, :]
+    # distances beyond H-1 fall where no key row is (never read); clamped to stay inside the table
+    dist = (local + height - 1 - shift).abs().clamp_(max=height - 1)  # rows x (2H-1)
+    decay_h = bias_h[0, :, 0][:, dist]  # N x rows x (2H-1): bias_h[n, 0, d] is the decay over distance d
+    return decay_h[:, :, None, :, None] + bias_w[0][:, None, :, None, :]
+
+
+def _row_block_bias(table: torch.Tensor, r0: int, r1: int, height: int, width: int) -> torch.Tensor:
+    """The ``1 x N x (r1-r0)*W x HW`` bias of query rows ``[r0, r1)``: a view of :func:`row_shift_table`."""
+    n = table.shape[0]
+    return table.as_strided((1, n, (r1 - r0) * width, height * width), (0, table.stride(0), table.stride(2), 1),
+                            table.storage_offset() + (height - 1 - r0) * width)
 
 
 @torch.jit.unused
 def blocked_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
                                 bias_w: torch.Tensor, scale: float,
-                                block_bytes: Optional[int] = None) -> torch.Tensor:
-    """Full-mode retention a block of image rows of queries at a time: each block's bias
-    ``N x rows*W x HW`` is built from the 1-D tables, so memory stays at one block however large
-    the map. ``q/k/v``: ``B x N x HW x d`` (any strides, unit last dim); returns ``B x N x HW x d``."""
+                                table_bytes: Optional[int] = None) -> torch.Tensor:
+    """Full-mode retention with a stage-sized bias, for ``B x N x HW x d`` inputs (any strides, unit last dim).
+
+    * the whole ``1 x N x HW x HW`` mask when it fits ``table_bytes`` (one SDPA call);
+    * else blocks of query rows whose bias is a view of one :func:`row_shift_table` (``2H/rows`` times
+      smaller than the whole mask), with as many rows per block as fit ``table_bytes``, up to the
+      ``QUERY_BLOCK`` queries from which the CPU flash kernel runs at full speed;
+    * else (a map so large that even one row's table does not fit) one query row at a time, its bias
+      built from the 1-D tables.
+
+    Each is built once per stage (:func:`_stage_cached`) and shared by the stage's blocks.
+    """
     B, N, L, d = q.shape
     height, width = bias_h.shape[-1], bias_w.shape[-1]
-    budget = BIAS_BLOCK_BYTES if block_bytes is None else block_bytes
-    rows = max(1, int(budget // max(N * width * L * bias_h.element_size(), 1)))
-    if rows >= height:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=_stage_full_bias(bias_h, bias_w), scale=scale)
+    budget = BIAS_TABLE_BYTES if table_bytes is None else table_bytes
+    item = bias_h.element_size()
+    if N * L * L * item <= budget:
+        full = _stage_cached(bias_h, bias_w, (0,), lambda: manhattan_bias(bias_h, bias_w))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=full, scale=scale)
+    per_row = N * width * (2 * height - 1) * width * item
+    rows = min(height, -(-QUERY_BLOCK // width), budget // per_row)
     out = q.new_empty(B, L, N, d)  # written block by block; returned as the B x N x L x d view
-    cols = bias_w[:, :, None, :, None, :]  # 1 x N x 1 x W x 1 x W
-    for r0 in range(0, height, rows):
-        r1 = min(r0 + rows, height)
-        block = (bias_h[:, :, r0:r1, None, :, None] + cols).reshape(1, N, (r1 - r0) * width, L)
-        s0, s1 = r0 * width, r1 * width
-        res = F.scaled_dot_product_attention(q[:, :, s0:s1], k, v, attn_mask=block, scale=scale)
-        out[:, s0:s1] = res.transpose(1, 2)
+    if rows >= 1:
+        table = _stage_cached(bias_h, bias_w, (rows,), lambda: row_shift_table(bias_h, bias_w, rows))
+        for r0 in range(0, height, rows):
+            r1 = min(r0 + rows, height)
+            s0, s1 = r0 * width, r1 * width
+            block = _row_block_bias(table, r0, r1, height, width)
+            out[:, s0:s1] = F.scaled_dot_product_attention(q[:, :, s0:s1], k, v, attn_mask=block,
+                                                           scale=scale).transpose(1, 2)
+        return out.transpose(1, 2)
+    cols = bias_w[:, :, :, None, :]  # 1 x N x W x 1 x W
+    for r0 in range(height):
+        block = (bias_h[:, :, r0, None, :, None] + cols).reshape(1, N, width, L)
+        s0, s1 = r0 * width, (r0 + 1) * width
+        out[:, s0:s1] = F.scaled_dot_product_attention(q[:, :, s0:s1], k, v, attn_mask=block,
+                                                       scale=scale).transpose(1, 2)
     return out.transpose(1, 2)
 
 

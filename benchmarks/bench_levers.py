@@ -1,0 +1,215 @@
+"""The CPU levers of SegRet-T's inference, measured one at a time (issue 9, item 4).
+
+    python benchmarks/bench_levers.py                 # all levers, a few minutes on 2 threads
+    python benchmarks/bench_levers.py --only attention,faults
+
+Each lever is timed in one process, its variants interleaved (A, B, A, B, ...), medians reported:
+
+* ``queries``: full-mode retention at stage 3 of rmt_t for a 1024x2048 input (8 heads, 8192 tokens,
+  head dim 32), no mask, split into SDPA calls of 128 ... 2048 queries: the CPU flash kernel takes
+  small query tiles below about 768 queries per call;
+* ``attention``: the same layer with its decay bias: the whole mask (2 GiB), a bias rebuilt for
+  every block of rows (the previous path), row-shift tables of 2-8 rows
+  (``retention.row_shift_table``), and no mask at all (the floor);
+* ``kernel``: the flash SDPA against ``baddbmm + softmax + bmm`` at the shapes of every stage's
+  attention at 512x512;
+* ``upsample``: the 150-class logits upsampled to 512x512: plain bilinear, ``antialias=True``
+  (identical values when upsampling, other kernel), and the cost of writing fresh output pages alone;
+* ``faults``: minor page faults and time per forward of segret_tiny and SegFormer-B1 at 512x512
+  (fresh ``mmap`` pages are zeroed by the kernel on first touch; compare runs with
+  ``THP_MEM_ALLOC_ENABLE=1`` or ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` set);
+* ``compile``: segret_tiny at 512x512, eager against ``torch.compile`` (inductor), compile time
+  reported separately (opt-in ``--compile`` of predict and eval).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from segret_zoo.models import retention as R  # noqa: E402
+
+LEVERS = ("queries", "attention", "kernel", "upsample", "faults", "compile")
+
+
+def interleaved(fns: Dict[str, Callable[[], object]], iters: int) -> Dict[str, float]:
+    """Median seconds of each callable, run in rotation after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    samples: Dict[str, list] = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def report(title: str, times: Dict[str, float], base: Optional[str] = None, unit: float = 1e3) -> None:
+    base = base or next(iter(times))
+    print(f"\n### {title}\n\n| variant | ms (median) | / {base} |\n|---|---|---|")
+    for name, t in times.items():
+        print(f"| {name} | {t * unit:.1f} | {t / times[base]:.2f} |")
+
+
+def stage3_inputs(height: int = 64, width: int = 128, heads: int = 8, dim: int = 32):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, height * width, heads, dim, generator=gen).transpose(1, 2) for _ in range(3))
+    _, _, bias_w, bias_h = R.retention_positions(height, width, heads, dim, 2.0, 6.0, False, torch.float32,
+                                                 torch.device("cpu"))
+    return q, k, v, bias_h, bias_w
+
+
+def lever_queries(iters: int) -> None:
+    q, k, v, _, _ = stage3_inputs()
+    length = q.shape[2]
+
+    def split(n: int) -> Callable[[], None]:
+        def run() -> None:
+            for s in range(0, length, n):
+                F.scaled_dot_product_attention(q[:, :, s:s + n], k, v, scale=0.17)
+        return run
+
+    report("queries per SDPA call (stage 3 at 1024x2048, no mask)",
+           interleaved({f"{n} queries": split(n) for n in (128, 256, 512, 768, 1024, 2048)}, iters))
+
+
+def lever_attention(iters: int) -> None:
+    q, k, v, bias_h, bias_w = stage3_inputs()
+    heads, length = q.shape[1], q.shape[2]
+    height, width = bias_h.shape[-1], bias_w.shape[-1]
+    per_row = heads * width * (2 * height - 1) * width * 4
+    full = R.manhattan_bias(bias_h, bias_w)
+
+    def rebuilt_per_block() -> torch.Tensor:  # the previous path: one row per call, bias built each time
+        out = q.new_empty(1, length, heads, q.shape[-1])
+        cols = bias_w[:, :, :, None, :]
+        for r0 in range(height):
+            block = (bias_h[:, :, r0, None, :, None] + cols).reshape(1, heads, width, length)
+            s0, s1 = r0 * width, (r0 + 1) * width
+            out[:, s0:s1] = F.scaled_dot_product_attention(q[:, :, s0:s1], k, v, attn_mask=block,
+                                                           scale=0.17).transpose(1, 2)
+        return out
+
+    def table(rows: int) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            R._stage_bias.clear()  # one layer as the first block of its stage: the table is built
+            return R.blocked_manhattan_attention(q, k, v, bias_h, bias_w, 0.17, table_bytes=rows * per_row)
+        return run
+
+    fns = {"whole 2 GiB mask (built before)": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=full,
+                                                                                    scale=0.17),
+           "bias rebuilt per block of 1 row": rebuilt_per_block}
+    fns.update({f"row-shift table, {r} rows ({r * per_row >> 20} MiB, built)": table(r) for r in (2, 4, 8)})
+    fns["no mask (floor)"] = lambda: F.scaled_dot_product_attention(q, k, v, scale=0.17)
+    report("full-mode retention, one layer of stage 3 at 1024x2048 (8 heads, 8192 tokens)",
+           interleaved(fns, iters), base="bias rebuilt per block of 1 row")
+
+
+def _flash_vs_math(batch: int, heads: int, seq: int, dim: int, iters: int) -> Dict[str, float]:
+    q, k, v = (torch.randn(batch, heads, seq, dim) for _ in range(3))
+    mask = torch.randn(1, heads, seq, seq)
+    scale = dim ** -0.5
+
+    def math() -> torch.Tensor:
+        s = torch.baddbmm(mask.expand(batch, heads, seq, seq).reshape(batch * heads, seq, seq),
+                          q.reshape(-1, seq, dim), k.reshape(-1, seq, dim).transpose(1, 2), alpha=scale)
+        return torch.bmm(torch.softmax(s, -1), v.reshape(-1, seq, dim))
+
+    return interleaved({"flash": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale),
+                        "math": math}, iters)
+
+
+def lever_kernel(iters: int) -> None:
+    times: Dict[str, float] = {}
+    for shape in ((128, 4, 128, 16), (64, 4, 64, 32), (32, 8, 32, 32), (1, 8, 1024, 32)):
+        res = _flash_vs_math(*shape, iters)
+        tag = "x".join(map(str, shape))
+        times[f"flash {tag}"], times[f"math {tag}"] = res["flash"], res["math"]
+    report("SDPA flash kernel vs baddbmm + softmax + bmm (512x512 shapes: stage 1 rows, 2, 3, full stage 3)",
+           times)
+
+
+def lever_upsample(iters: int) -> None:
+    x = torch.randn(1, 150, 128, 128)
+    plain = F.interpolate(x, size=(512, 512), mode="bilinear", align_corners=False)
+    aa = F.interpolate(x, size=(512, 512), mode="bilinear", align_corners=False, antialias=True)
+    print(f"\nantialias=True vs plain, max abs difference: {(aa - plain).abs().max().item():.1e}")
+    del plain, aa
+    report("150-class logits 128x128 -> 512x512", interleaved({
+        "bilinear": lambda: F.interpolate(x, size=(512, 512), mode="bilinear", align_corners=False),
+        "bilinear antialias=True": lambda: F.interpolate(x, size=(512, 512), mode="bilinear", align_corners=False,
+                                                         antialias=True),
+        "fresh 150x512x512 output filled (page faults + writes only)": lambda: torch.empty(1, 150, 512, 512).fill_(1),
+    }, iters))
+
+
+def lever_faults(iters: int) -> None:
+    from bench_segret import build_column
+
+    x = torch.randn(1, 3, 512, 512)
+    print("\n### page faults per forward at 512x512\n\n| model | minor faults | MiB faulted in | ms (mean) |\n|---|---|---|---|")
+    for name in ("segret_tiny", "segformer_b1"):
+        model = build_column(name, None, 150)
+        with torch.inference_mode():
+            model(x)
+            model(x)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                model(x)
+            seconds = (time.perf_counter() - t0) / iters
+            faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / iters
+        print(f"| {name} | {faults:.0f} | {faults * 4096 / 2 ** 20:.0f} | {seconds * 1e3:.0f} |")
+
+
+def lever_compile(iters: int) -> None:
+    from bench_segret import build_column
+
+    x = torch.randn(1, 3, 512, 512)
+    eager = build_column("segret_tiny", None, 150)
+    compiled = torch.compile(eager)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        compiled(x)
+        first = time.perf_counter() - t0
+        torch.testing.assert_close(compiled(x), eager(x), atol=1e-3, rtol=1e-3)
+        times = interleaved({"eager": lambda: eager(x), "torch.compile (inductor)": lambda: compiled(x)}, iters)
+    print(f"\ntorch.compile: first call (compilation) {first:.1f} s")
+    report("segret_tiny at 512x512, eager vs compiled", times)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--only", default=",".join(LEVERS), help=f"comma-separated subset of {list(LEVERS)}")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(LEVERS))
+    if unknown:
+        parser.error(f"unknown lever(s) {unknown}; choose from {list(LEVERS)}")
+    print(f"## CPU levers ({args.threads} threads, fp32, torch {torch.__version__})")
+    with torch.inference_mode():
+        for name in chosen:
+            if name == "compile":
+                continue
+            globals()[f"lever_{name}"](args.iters)
+    if "compile" in chosen:
+        lever_compile(args.iters)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
