@@ -29,9 +29,9 @@ Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
 * full mode on the CPU (:func:`blocked_manhattan_attention`): a stage builds its bias once for all
   its blocks, as the whole ``N x L x L`` mask while that is small, else as a row-shift table of
   ``N x rows x W x (2H-1) x W`` whose strided views are the bias of every block of ``rows`` query
-  rows (at 1024 x 2048, stage 3 of rmt_t: 508 MiB instead of 2 GiB, and nothing rebuilt per block).
-  The flash kernel takes such a view as it is, and runs at full speed from about 1024 queries per
-  call, so the blocks are as many rows as make that.
+  rows (at 1024 x 2048, stage 3 of rmt_t: 127 MiB instead of 2 GiB, and nothing rebuilt per block).
+  The flash kernel takes such a view as it is; blocks are as many rows as make ``QUERY_BLOCK``
+  queries, from which the kernel takes its larger query tiles.
 """
 import weakref
 from typing import List, Optional, Tuple
@@ -48,10 +48,11 @@ __all__ = [
 ]
 
 # bytes a full-mode stage may hold for its bias: the whole N x HW x HW mask, or a row-shift table
-BIAS_TABLE_BYTES = 512 << 20
-# queries per SDPA call from which the CPU flash kernel takes its large query tiles (8 heads x 8192
-# keys x 32 dims, 2 threads: calls of 128 queries took 1.66x the time of calls of 1024)
-QUERY_BLOCK = 1024
+BIAS_TABLE_BYTES = 256 << 20
+# queries per SDPA call the row-shift path aims at: below about 256 the CPU flash kernel takes small
+# query tiles and slows down (benchmarks/bench_levers.py, "queries"); with the bias a view, 2-row
+# (256-query) and 8-row blocks ran the whole 1024 x 2048 forward equally fast, so the smaller table wins
+QUERY_BLOCK = 256
 _flex_compiled = None
 
 
@@ -345,7 +346,7 @@ def blocked_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     * the whole ``1 x N x HW x HW`` mask when it fits ``table_bytes`` (one SDPA call);
     * else blocks of query rows whose bias is a view of one :func:`row_shift_table` (``2H/rows`` times
       smaller than the whole mask), with as many rows per block as fit ``table_bytes``, up to the
-      ``QUERY_BLOCK`` queries from which the CPU flash kernel runs at full speed;
+      ``QUERY_BLOCK`` queries from which the CPU flash kernel takes its larger query tiles;
     * else (a map so large that even one row's table does not fit) one query row at a time, its bias
       built from the 1-D tables.
 
