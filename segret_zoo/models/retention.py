@@ -29,7 +29,7 @@ Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
 * full mode on the CPU (:func:`blocked_manhattan_attention`): a stage builds its bias once for all
   its blocks, as the whole ``N x L x L`` mask while that is small, else as a row-shift table of
   ``N x rows x W x (2H-1) x W`` whose strided views are the bias of every block of ``rows`` query
-  rows (at 1024 x 2048, stage 3 of rmt_t: 127 MiB instead of 2 GiB, and nothing rebuilt per block).
+  rows (at 1024 x 2048, stage 3 of rmt_t: 508 MiB instead of 2 GiB, and nothing rebuilt per block).
   The flash kernel takes such a view as it is; blocks are as many rows as make ``QUERY_BLOCK``
   queries, from which the kernel takes its larger query tiles.
 """
@@ -48,11 +48,11 @@ __all__ = [
 ]
 
 # bytes a full-mode stage may hold for its bias: the whole N x HW x HW mask, or a row-shift table
-BIAS_TABLE_BYTES = 256 << 20
-# queries per SDPA call the row-shift path aims at: below about 256 the CPU flash kernel takes small
-# query tiles and slows down (benchmarks/bench_levers.py, "queries"); with the bias a view, 2-row
-# (256-query) and 8-row blocks ran the whole 1024 x 2048 forward equally fast, so the smaller table wins
-QUERY_BLOCK = 256
+BIAS_TABLE_BYTES = 512 << 20
+# queries per SDPA call the row-shift path aims at: the CPU flash kernel takes small query tiles
+# below about 768 queries (benchmarks/bench_levers.py, "queries"); end to end at 1024 x 2048, blocks
+# of 8 rows (1024 queries, a 508 MiB table) ran 6% faster than blocks of 2 rows (127 MiB)
+QUERY_BLOCK = 1024
 _flex_compiled = None
 
 
