@@ -44,7 +44,7 @@ from torch import nn
 
 __all__ = [
     "retention_positions", "head_decays", "rotate_every_two", "theta_shift", "manhattan_bias",
-    "manhattan_attention", "ManhattanSelfAttention",
+    "manhattan_attention", "row_shift_table", "ManhattanSelfAttention",
 ]
 
 # bytes a full-mode stage may hold for its bias: the whole N x HW x HW mask, or a row-shift table
