@@ -204,3 +204,30 @@ def test_a_mask_kept_from_inference_mode_is_not_reused_under_autograd(monkeypatc
     assert R._stage_bias and all(e.bias.is_inference() for e in R._stage_bias)
     model.train()(x).sum().backward()
     assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
+
+
+def test_full_mode_biases_are_safe_across_threads(monkeypatch):
+    """Forwards at two sizes in two threads at once share the bias cache and give their own results."""
+    import threading
+
+    model = SegRet(backbone=dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 2), num_heads=(1, 2, 3, 4),
+                                 decomposed=(True, True, False, False)), num_classes=3, decoder_channels=16).eval()
+    inputs = [torch.randn(1, 3, 96, 128), torch.randn(1, 3, 64, 160)]
+    monkeypatch.setattr(R, "KEEP_BIAS_BYTES", 3000)  # some kept by value, some held weakly
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+        results: dict = {}
+
+        def run(i: int) -> None:
+            with torch.no_grad():
+                results[i] = [model(inputs[i % 2]) for _ in range(3)]
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for i, outs in results.items():
+        for out in outs:
+            torch.testing.assert_close(out, expected[i % 2], atol=1e-5, rtol=0)
+    assert len(results) == 4

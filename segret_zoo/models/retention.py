@@ -33,6 +33,7 @@ Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
   The flash kernel takes such a view as it is; blocks are as many rows as make ``QUERY_BLOCK``
   queries, from which the kernel takes its larger query tiles.
 """
+import threading
 import weakref
 from typing import List, Optional, Tuple
 
@@ -269,11 +270,14 @@ class _BiasEntry:
 
 # newest first; the kept entries together hold at most KEEP_BIAS_BYTES, plus at most one stage-sized entry
 _stage_bias: List[_BiasEntry] = []
+# re-entrant: a weakref callback (_drop_entry) may run inside the locked region of the same thread
+_stage_lock = threading.RLock()
 
 
 def _drop_entry(ref: weakref.ref) -> None:
     """Weakref callback (a plain function, so no entry is kept alive by a reference cycle)."""
-    _stage_bias[:] = [e for e in _stage_bias if e.keep or e.refs[0] is not ref]
+    with _stage_lock:
+        _stage_bias[:] = [e for e in _stage_bias if e.keep or e.refs[0] is not ref]
 # full-mode biases up to this many bytes in all stay cached between forwards (stages 3 and 4 of
 # rmt_t at 512 x 512: 36 MiB), so inference at one size builds them once, not once per image
 KEEP_BIAS_BYTES = 64 << 20
@@ -291,23 +295,26 @@ def _stage_cached(bias_h: torch.Tensor, bias_w: torch.Tensor, key: Tuple[int, ..
     """
     if bias_h.device.type == "meta":  # shapes only: nothing to share, and values cannot be compared
         return build()
-    for entry in _stage_bias:
-        if entry.matches(bias_h, bias_w, key):
-            _stage_bias.remove(entry)
-            _stage_bias.insert(0, entry)
-            return entry.bias
+    with _stage_lock:  # forwards may run in several threads (a server's predictor)
+        for entry in list(_stage_bias):
+            if entry.matches(bias_h, bias_w, key):
+                if entry in _stage_bias:
+                    _stage_bias.remove(entry)
+                _stage_bias.insert(0, entry)
+                return entry.bias
     bias = build()
     size = bias.numel() * bias.element_size()
     keep = size <= KEEP_BIAS_BYTES
-    entries = [_BiasEntry(bias_h, bias_w, key, bias, keep)]
-    if keep:
-        entries += [e for e in _stage_bias if not e.keep]
-    total = size if keep else 0
-    for entry in (e for e in _stage_bias if e.keep):
-        total += entry.bias.numel() * entry.bias.element_size()
-        if total <= KEEP_BIAS_BYTES:
-            entries.append(entry)
-    _stage_bias[:] = entries
+    with _stage_lock:
+        entries = [_BiasEntry(bias_h, bias_w, key, bias, keep)]
+        if keep:
+            entries += [e for e in _stage_bias if not e.keep]
+        total = size if keep else 0
+        for entry in (e for e in _stage_bias if e.keep):
+            total += entry.bias.numel() * entry.bias.element_size()
+            if total <= KEEP_BIAS_BYTES:
+                entries.append(entry)
+        _stage_bias[:] = entries
     return bias
 
 
