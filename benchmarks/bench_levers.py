@@ -148,7 +148,7 @@ def lever_kernel(iters: int) -> None:
         res = _flash_vs_math(*shape, iters)
         tag = "x".join(map(str, shape))
         times[f"flash {tag}"], times[f"math {tag}"] = res["flash"], res["math"]
-    report("SDPA flash kernel vs baddbmm + softmax + bmm (512x512 shapes: stage 1 rows, 2, 3, full stage 3)",
+    report("SDPA flash kernel vs baddbmm + softmax + bmm (512x512 shapes: stage 1 rows, stage 2 rows, stage-3 size rows as in rmt_s/b/l, full stage 3 of rmt_t)",
            times)
 
 
