@@ -54,6 +54,9 @@ BIAS_TABLE_BYTES = 512 << 20
 # below about 768 queries (benchmarks/bench_levers.py, "queries"); end to end at 1024 x 2048, blocks
 # of 8 rows (1024 queries, a 508 MiB table) ran 6% faster than blocks of 2 rows (127 MiB)
 QUERY_BLOCK = 1024
+# full-mode biases up to this many bytes in all stay cached between forwards (stages 3 and 4 of
+# rmt_t at 512 x 512: 36 MiB), so inference at one size builds them once, not once per image
+KEEP_BIAS_BYTES = 64 << 20
 _flex_compiled = None
 
 
@@ -278,9 +281,6 @@ def _drop_entry(ref: weakref.ref) -> None:
     """Weakref callback (a plain function, so no entry is kept alive by a reference cycle)."""
     with _stage_lock:
         _stage_bias[:] = [e for e in _stage_bias if e.keep or e.refs[0] is not ref]
-# full-mode biases up to this many bytes in all stay cached between forwards (stages 3 and 4 of
-# rmt_t at 512 x 512: 36 MiB), so inference at one size builds them once, not once per image
-KEEP_BIAS_BYTES = 64 << 20
 
 
 @torch.jit.unused
@@ -371,18 +371,19 @@ def blocked_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     out = q.new_empty(B, L, N, d)  # written block by block; returned as the B x N x L x d view
     if rows >= 1:
         table = _stage_cached(bias_h, bias_w, (rows,), lambda: row_shift_table(bias_h, bias_w, rows))
-        for r0 in range(0, height, rows):
-            r1 = min(r0 + rows, height)
-            s0, s1 = r0 * width, r1 * width
-            block = _row_block_bias(table, r0, r1, height, width)
-            out[:, s0:s1] = F.scaled_dot_product_attention(q[:, :, s0:s1], k, v, attn_mask=block,
-                                                           scale=scale).transpose(1, 2)
-        return out.transpose(1, 2)
-    cols = bias_w[:, :, :, None, :]  # 1 x N x W x 1 x W
-    for r0 in range(height):
-        block = (bias_h[:, :, r0, None, :, None] + cols).reshape(1, N, width, L)
-        s0, s1 = r0 * width, (r0 + 1) * width
-        out[:, s0:s1] = F.scaled_dot_product_attention(q[:, :, s0:s1], k, v, attn_mask=block,
+
+        def block_bias(r0: int, r1: int) -> torch.Tensor:
+            return _row_block_bias(table, r0, r1, height, width)
+    else:  # one query row at a time, its bias built from the 1-D tables
+        rows = 1
+        cols = bias_w[:, :, :, None, :]  # 1 x N x W x 1 x W
+
+        def block_bias(r0: int, r1: int) -> torch.Tensor:
+            return (bias_h[:, :, r0, None, :, None] + cols).reshape(1, N, width, L)
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        s0, s1 = r0 * width, r1 * width
+        out[:, s0:s1] = F.scaled_dot_product_attention(q[:, :, s0:s1], k, v, attn_mask=block_bias(r0, r1),
                                                        scale=scale).transpose(1, 2)
     return out.transpose(1, 2)
 
