@@ -235,14 +235,21 @@ def test_mask_size_mismatch_in_train_named_and_checks_cached(tmp_path):
     assert check_dataset(ds, "train", "off").skipped_reason == "off"
 
 
-def test_worker_traceback_in_a_mask_error_becomes_one_line(tmp_path, tiny_model_dir, capsys):
+def _bad_train_mask_run(tmp_path: Path, model_dir: Path, index: int) -> tuple:
+    """A dataset whose train mask ``index`` holds the value 77, and the argv that trains on it with two
+    workers and no up-front check (so the error comes from a worker)."""
     data = make_folder_dataset(tmp_path / "data", n_train=4)
-    bad = data / "masks" / "train" / "2.png"
+    bad = data / "masks" / "train" / f"{index}.png"
     mask = np.asarray(Image.open(bad)).copy()
     mask[0, 0] = 77
     Image.fromarray(mask).save(bad)
-    argv = train_argv(tiny_model_dir, data, tmp_path / "run", "--iters", "4", "--workers", "2", "--check-data",
+    argv = train_argv(model_dir, data, tmp_path / "run", "--iters", "4", "--workers", "2", "--check-data",
                       "off", "--eval-interval", "1000")
+    return bad, argv
+
+
+def test_worker_traceback_in_a_mask_error_becomes_one_line(tmp_path, tiny_model_dir, capsys):
+    bad, argv = _bad_train_mask_run(tmp_path, tiny_model_dir, 2)
     assert main(argv) == 2
     line = one_error_line(capsys.readouterr().err)
     assert str(bad) in line and "77" in line and "DataLoader worker" not in line
@@ -252,13 +259,7 @@ def test_worker_traceback_in_a_mask_error_becomes_one_line(tmp_path, tiny_model_
 
 def test_a_worker_error_lets_the_process_exit(tmp_path, tiny_model_dir):
     """A real process whose training died of a worker's error exits (it used to hang joining a worker)."""
-    data = make_folder_dataset(tmp_path / "data", n_train=4)
-    bad = data / "masks" / "train" / "1.png"
-    mask = np.asarray(Image.open(bad)).copy()
-    mask[0, 0] = 77
-    Image.fromarray(mask).save(bad)
-    argv = train_argv(tiny_model_dir, data, tmp_path / "run", "--iters", "4", "--workers", "2", "--check-data",
-                      "off", "--eval-interval", "1000")
+    bad, argv = _bad_train_mask_run(tmp_path, tiny_model_dir, 1)
     proc = _start(argv, tmp_path / "log.txt")
     try:
         proc.communicate(timeout=60)  # it exits in a few seconds
