@@ -98,18 +98,25 @@ def count_params(model: torch.nn.Module) -> Tuple[int, int]:
 
 
 def _count_cpu_flash_attention() -> None:
-    """``FlopCounterMode`` knows the CUDA SDPA kernels but not the CPU flash one, whose FLOPs would be
-    left out (``q k^T`` and ``p v``: ``2 B N Lq S (d + d_v)``)."""
+    """``FlopCounterMode`` knows the CUDA SDPA kernels but neither the CPU flash one nor this package's
+    compiled CPU retention kernel, whose FLOPs would be left out (``q k^T`` and ``p v``:
+    ``2 B N Lq S (d + d_v)``)."""
     from torch.utils import flop_counter
 
-    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is None or op in flop_counter.flop_registry:
-        return
+    from segret_zoo.models.cpu_kernel import manhattan_kernel
 
-    @flop_counter.register_flop_formula(op)
-    def _flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-        b, n, lq, d = query_shape
-        return 2 * b * n * lq * key_shape[-2] * (d + value_shape[-1])
+    manhattan_kernel()  # registers torch.ops.segret_zoo where it can be built
+    ops = [getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)]
+    if hasattr(torch.ops, "segret_zoo") and hasattr(torch.ops.segret_zoo, "manhattan_attention"):
+        ops.append(torch.ops.segret_zoo.manhattan_attention)
+    for op in ops:
+        if op is None or op in flop_counter.flop_registry:
+            continue
+
+        @flop_counter.register_flop_formula(op)
+        def _flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            b, n, lq, d = query_shape
+            return 2 * b * n * lq * key_shape[-2] * (d + value_shape[-1])
 
 
 def count_flops(fn: Callable[[torch.Tensor], Any], size: Size) -> int:

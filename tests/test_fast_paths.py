@@ -22,6 +22,12 @@ from tests.test_inference_predictor import MINI, SMALL_CFG, random_image
 torch.set_num_threads(1)
 
 
+@pytest.fixture
+def sdpa_retention(monkeypatch):
+    """Full-mode retention on SDPA with its masks and tables (the path without the compiled CPU kernel)."""
+    monkeypatch.setenv("SEGRET_ZOO_CPU_KERNEL", "0")
+
+
 def random_stats_segret(seed: int = 0, backbone=MINI) -> SegRet:
     """A model where every fold does something: non-zero ZIR paths, random BatchNorm statistics."""
     torch.manual_seed(seed)
@@ -124,7 +130,7 @@ def test_flex_attention_matches_sdpa_on_cpu():
 
 
 @pytest.mark.parametrize("table_rows", [0, 2])  # row by row with no table; 2-row tables
-def test_model_with_many_query_blocks_equals_one_block(monkeypatch, table_rows):
+def test_model_with_many_query_blocks_equals_one_block(sdpa_retention, monkeypatch, table_rows):
     """The whole encoder with its full-mode stages in blocks of query rows gives the single-mask result."""
     model = random_stats_segret(seed=3)
     x = torch.randn(1, 3, 160, 224)  # stage 3: 10 x 14 tokens, 3 heads
@@ -164,7 +170,7 @@ def test_reparameterized_model_saves_and_loads_back(tmp_path):
         torch.testing.assert_close(loaded(x), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_full_mask_is_built_once_per_stage_and_reused_exactly(monkeypatch):
+def test_full_mask_is_built_once_per_stage_and_reused_exactly(sdpa_retention, monkeypatch):
     """The blocks of a full-mode stage share one mask (built for the first block), with the same outputs;
     a small mask is kept for the next forward at the same size, a large one is freed with its stage."""
     model = SegRet(backbone=dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 3, 2), num_heads=(1, 2, 3, 4),
@@ -193,7 +199,7 @@ def test_full_mask_is_built_once_per_stage_and_reused_exactly(monkeypatch):
     assert len(built) == 6 and R._stage_bias == []  # held weakly: freed with the stage's position tables
 
 
-def test_a_mask_kept_from_inference_mode_is_not_reused_under_autograd(monkeypatch):
+def test_a_mask_kept_from_inference_mode_is_not_reused_under_autograd(sdpa_retention, monkeypatch):
     """A bias cached by an ``inference_mode`` forward cannot be saved for backward: training rebuilds it."""
     model = SegRet(backbone=dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
                                  decomposed=(True, True, False, False)), num_classes=3, decoder_channels=16)
@@ -206,7 +212,7 @@ def test_a_mask_kept_from_inference_mode_is_not_reused_under_autograd(monkeypatc
     assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
 
 
-def test_full_mode_biases_are_safe_across_threads(monkeypatch):
+def test_full_mode_biases_are_safe_across_threads(sdpa_retention, monkeypatch):
     """Forwards at two sizes in two threads at once share the bias cache and give their own results."""
     import threading
 

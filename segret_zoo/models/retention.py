@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import nn
 
+from .cpu_kernel import manhattan_kernel
+
 __all__ = [
     "retention_positions", "head_decays", "rotate_every_two", "theta_shift", "manhattan_bias",
     "manhattan_attention", "row_shift_table", "ManhattanSelfAttention",
@@ -345,6 +347,20 @@ def _row_block_bias(table: torch.Tensor, r0: int, r1: int, height: int, width: i
 
 
 @torch.jit.unused
+def _cpu_kernel_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
+                    bias_w: torch.Tensor):
+    """The compiled CPU kernel where it applies (float32 CPU inference: it has no backward), else None."""
+    tensors = (q, k, v, bias_h, bias_w)
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    if bias_h.shape[0] != 1 or bias_w.shape[0] != 1 or any(t.stride(-1) != 1 for t in (q, k, v)):
+        return None
+    return manhattan_kernel()
+
+
+@torch.jit.unused
 def blocked_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
                                 bias_w: torch.Tensor, scale: float,
                                 table_bytes: Optional[int] = None) -> torch.Tensor:
@@ -401,6 +417,9 @@ def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_
     if _eager_only(q):
         if q.is_cuda and _flex_available():
             return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale, True)
+        kernel = _cpu_kernel_for(q, k, v, bias_h, bias_w)
+        if kernel is not None:
+            return kernel(q, k, v, bias_h[0], bias_w[0], scale)
         return blocked_manhattan_attention(q, k, v, bias_h, bias_w, scale, None)
     if not torch.jit.is_scripting():
         if _compiling_for_cuda(q):  # inside torch.compile: dynamo compiles flex itself

@@ -1,0 +1,119 @@
+"""The compiled CPU kernel of full-mode retention (``csrc/manhattan_attention.cpp``), built on first use.
+
+SDPA's CPU flash kernel takes the Manhattan decay only as a float mask: one more pass over every
+score tile, with a load from an ``N x L x L`` bias (2 GiB at stage 3 of a 1024 x 2048 frame, or
+views of a 508 MiB row-shift table). This kernel adds the decay from the 1-D tables inside its tiles
+instead, so no mask exists (``benchmarks/bench_levers.py``, ``attention``). It is built once per
+machine with ``torch.utils.cpp_extension`` (about 10 s, cached in torch's extensions folder,
+``TORCH_EXTENSIONS_DIR``), checked against SDPA on a small problem, and used by
+:func:`segret_zoo.models.retention.manhattan_attention` for eager float32 CPU inference. Where it
+cannot be built (no C++ compiler or ninja, another OS, a torch without a BLAS ``sgemm``) retention
+stays on SDPA, after one warning; ``SEGRET_ZOO_CPU_KERNEL=0`` turns it off.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..settings import CPU_KERNEL_ENV, cpu_kernel_enabled
+
+__all__ = ["manhattan_kernel", "kernel_status", "SOURCE"]
+
+SOURCE = Path(__file__).with_name("csrc") / "manhattan_attention.cpp"
+_log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_state: dict = {}  # "op": the loaded op or None, "reason": why not
+
+
+def _isa_flags() -> tuple:
+    """Compiler flags for the vector width torch itself dispatches to on this CPU (ATen's vec headers)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512"):
+        return "avx512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+                          "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
+    if capability == "AVX2":
+        return "avx2", ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return "default", []
+
+
+def _self_test(op: Callable) -> Optional[str]:
+    """Compare the kernel with SDPA on a small map with partial tiles; the reason it failed, or None."""
+    gen = torch.Generator().manual_seed(0)
+    n, h, w, d = 3, 5, 7, 8
+    q, k, v = (torch.randn(2, n, h * w, d, generator=gen) for _ in range(3))
+    bias_h = -torch.rand(n, h, h, generator=gen)
+    bias_w = -torch.rand(n, w, w, generator=gen)
+    mask = (bias_h[:, :, None, :, None] + bias_w[:, None, :, None, :]).reshape(1, n, h * w, h * w)
+    with torch.no_grad():
+        got = op(q, k, v, bias_h, bias_w, 0.3)
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+    err = (got - want).abs().max().item()
+    return None if err <= 1e-5 else f"its self-test differs from SDPA by {err:.2e}"
+
+
+def _build() -> Callable:
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its import warns that a CUDA build finds no CUDA runtime
+    try:
+        from torch.utils.cpp_extension import load
+    finally:
+        quiet.setLevel(level)
+
+    isa, flags = _isa_flags()
+    name = f"segret_zoo_cpu_{isa}"
+    _log.info("building segret_zoo's CPU retention kernel (%s, once per machine, about 10 s)", name)
+    load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp", *flags], is_python_module=False,
+         verbose=False)
+    return torch.ops.segret_zoo.manhattan_attention
+
+
+def _load() -> None:
+    if not sys.platform.startswith("linux"):
+        _state.update(op=None, reason="it is built for Linux only")
+        return
+    try:
+        op = _build()
+    except Exception as exc:  # a missing compiler, ninja or BLAS symbol: SDPA is always there
+        first = str(exc).strip().splitlines()
+        _state.update(op=None, reason=f"building it failed ({type(exc).__name__}: {first[0] if first else ''})")
+        return
+    reason = _self_test(op)
+    _state.update(op=None if reason else op, reason=reason)
+
+
+def manhattan_kernel() -> Optional[Callable]:
+    """The compiled op ``(q, k, v, bias_h, bias_w, scale) -> out``, or None where it is off or unavailable.
+
+    ``q, k, v``: ``B x N x HW x d`` float32 (unit last stride); ``bias_h``: ``N x H x H``; ``bias_w``:
+    ``N x W x W``. Forward only (no autograd). Built on the first call of a process, then cached.
+    """
+    if not cpu_kernel_enabled():
+        return None
+    if "op" not in _state:
+        with _lock:
+            if "op" not in _state:
+                _load()
+                if _state["op"] is None:
+                    warnings.warn(
+                        f"segret_zoo: the compiled CPU retention kernel is unavailable: {_state['reason']}. "
+                        "Full-mode retention runs on SDPA with a mask instead (same values, slower at high "
+                        "resolution). To build it, install a C++ compiler and ninja (pip install ninja); "
+                        f"to use SDPA without this warning, set {CPU_KERNEL_ENV}=0.", RuntimeWarning, stacklevel=3)
+    return _state["op"]
+
+
+def kernel_status() -> str:
+    """One line for logs and benchmarks: whether the kernel is in use, and if not, why."""
+    if not cpu_kernel_enabled():
+        return f"off ({CPU_KERNEL_ENV}=0)"
+    if "op" not in _state:
+        return "not built yet"
+    return "on" if _state["op"] is not None else f"unavailable: {_state['reason']}"
