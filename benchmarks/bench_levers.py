@@ -10,7 +10,12 @@ Each lever is timed in one process, its variants interleaved (A, B, A, B, ...), 
   small query tiles below about 768 queries per call;
 * ``attention``: the same layer with its decay bias: the whole mask (2 GiB), a bias rebuilt for
   every block of rows (the previous path), row-shift tables of 2-8 rows
-  (``retention.row_shift_table``), and no mask at all (the floor);
+  (``retention.row_shift_table``), the compiled CPU kernel (decay from the 1-D tables inside its
+  tiles, no mask) and no mask at all (the floor);
+* ``cpu_kernel``: segret_tiny's whole forward at 512x512 and 1024x2048 with full-mode retention in
+  the compiled CPU kernel (``segret_zoo/models/csrc``) against SDPA with a mask or row-shift table;
+* ``inplace``: the same forward with residual sums and GELUs written into their branch's fresh
+  output against fresh tensors for each (identical values, checked);
 * ``kernel``: the flash SDPA against ``baddbmm + softmax + bmm`` at the shapes of every stage's
   attention at 512x512;
 * ``upsample``: the 150-class logits upsampled to 512x512: plain bilinear, ``antialias=True``
@@ -38,8 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from segret_zoo.models import retention as R  # noqa: E402
+from segret_zoo.models import rmt as RMT  # noqa: E402
+from segret_zoo.models.cpu_kernel import kernel_status, manhattan_kernel  # noqa: E402
 
-LEVERS = ("queries", "attention", "kernel", "upsample", "faults", "compile")
+LEVERS = ("queries", "attention", "kernel", "cpu_kernel", "inplace", "upsample", "faults", "compile")
 
 
 def interleaved(fns: Dict[str, Callable[[], object]], iters: int) -> Dict[str, float]:
@@ -122,6 +129,11 @@ def lever_attention(iters: int) -> None:
            "bias rebuilt per block of 1 row": rebuilt_per_block}
     fns.update({f"row-shift table, {r} rows ({r * per_row >> 20} MiB, built before)": with_table(r)
                 for r in (2, 4, 8)})
+    op = manhattan_kernel()
+    if op is not None:
+        fns["compiled CPU kernel (decay from the 1-D tables, no mask)"] = lambda: op(q, k, v, bias_h[0], bias_w[0], 0.17)
+    else:
+        print(f"(compiled CPU kernel: {kernel_status()})")
     fns["no mask (floor)"] = lambda: F.scaled_dot_product_attention(q, k, v, scale=0.17)
     fns.update({f"building the {r}-row table (once per stage)": build(r) for r in (2, 4, 8)})
     report("full-mode retention, one layer of stage 3 at 1024x2048 (8 heads, 8192 tokens)",
@@ -164,6 +176,87 @@ def lever_upsample(iters: int) -> None:
                                                          antialias=True),
         "fresh 150x512x512 output filled (page faults + writes only)": lambda: torch.empty(1, 150, 512, 512).fill_(1),
     }, iters))
+
+
+def _whole_model_sizes() -> Sequence[tuple]:
+    return ((512, 512), (1024, 2048))
+
+
+def lever_cpu_kernel(iters: int) -> None:
+    """segret_tiny's whole forward with full-mode retention in the compiled kernel vs on SDPA (mask or
+    row-shift table), switched per call through SEGRET_ZOO_CPU_KERNEL in one process."""
+    import os
+
+    from bench_segret import build_column
+
+    if manhattan_kernel() is None:
+        print(f"\n(cpu_kernel lever skipped: the kernel is {kernel_status()})")
+        return
+    model = build_column("segret_tiny", None, 150)
+    previous = os.environ.get("SEGRET_ZOO_CPU_KERNEL")
+
+    def run(x: torch.Tensor, on: bool) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            os.environ["SEGRET_ZOO_CPU_KERNEL"] = "1" if on else "0"
+            return model(x)
+        return call
+
+    try:
+        for size in _whole_model_sizes():
+            x = torch.randn(1, 3, *size)
+            n = iters if size[0] * size[1] <= 512 * 1024 else max(2, iters // 2)
+            report(f"segret_tiny at {size[0]}x{size[1]}, full-mode retention", interleaved({
+                "SDPA with a mask / row-shift table": run(x, False), "compiled CPU kernel": run(x, True)}, n))
+    finally:
+        if previous is None:
+            os.environ.pop("SEGRET_ZOO_CPU_KERNEL", None)
+        else:
+            os.environ["SEGRET_ZOO_CPU_KERNEL"] = previous
+
+
+def _out_of_place_block(self, x, sin, cos, bias_a, bias_b):  # RetBlock.forward with fresh sums
+    x = x + self.cpe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), sin, cos, bias_a, bias_b)))
+    return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+
+def _out_of_place_ffn(self, x):  # ConvFFN.forward with F.gelu and a fresh sum
+    x = F.gelu(self.fc1(x))
+    return self.fc2(x + self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+
+
+def _out_of_place_stem(self, x):  # Stem.forward with F.gelu
+    x = x.contiguous(memory_format=torch.channels_last)
+    x = F.gelu(self.bn1(self.conv1(x)))
+    x = F.gelu(self.bn2(self.conv2(x)))
+    x = F.gelu(self.bn3(self.conv3(x)))
+    return self.bn4(self.conv4(x))
+
+
+def lever_inplace(iters: int) -> None:
+    """Residual sums and GELUs written into their branch's fresh output (inference) vs fresh tensors
+    (the forms before), whole segret_tiny forward, the block methods swapped per call in one process."""
+    from bench_segret import build_column
+
+    model = build_column("segret_tiny", None, 150)
+    inplace = (RMT.RetBlock.forward, RMT.ConvFFN.forward, RMT.Stem.forward)
+    fresh = (_out_of_place_block, _out_of_place_ffn, _out_of_place_stem)
+
+    def run(x: torch.Tensor, methods) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            RMT.RetBlock.forward, RMT.ConvFFN.forward, RMT.Stem.forward = methods
+            return model(x)
+        return call
+
+    try:
+        for size in _whole_model_sizes():
+            x = torch.randn(1, 3, *size)
+            torch.testing.assert_close(run(x, fresh)(), run(x, inplace)(), atol=0, rtol=0)
+            n = iters if size[0] * size[1] <= 512 * 1024 else max(2, iters // 2)
+            report(f"segret_tiny at {size[0]}x{size[1]}, residuals and GELU", interleaved({
+                "fresh tensors": run(x, fresh), "in place": run(x, inplace)}, n))
+    finally:
+        RMT.RetBlock.forward, RMT.ConvFFN.forward, RMT.Stem.forward = inplace
 
 
 def lever_faults(iters: int) -> None:

@@ -347,9 +347,10 @@ def _row_block_bias(table: torch.Tensor, r0: int, r1: int, height: int, width: i
 
 
 @torch.jit.unused
-def _cpu_kernel_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
-                    bias_w: torch.Tensor):
-    """The compiled CPU kernel where it applies (float32 CPU inference: it has no backward), else None."""
+def _cpu_kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
+                          bias_w: torch.Tensor, scale: float) -> Optional[torch.Tensor]:
+    """Full mode through the compiled CPU kernel where it applies (float32 CPU inference: it has no
+    backward) and is built; None otherwise."""
     tensors = (q, k, v, bias_h, bias_w)
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return None
@@ -357,7 +358,8 @@ def _cpu_kernel_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: t
         return None
     if bias_h.shape[0] != 1 or bias_w.shape[0] != 1 or any(t.stride(-1) != 1 for t in (q, k, v)):
         return None
-    return manhattan_kernel()
+    kernel = manhattan_kernel()
+    return None if kernel is None else kernel(q, k, v, bias_h[0], bias_w[0], scale)
 
 
 @torch.jit.unused
@@ -417,9 +419,9 @@ def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_
     if _eager_only(q):
         if q.is_cuda and _flex_available():
             return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale, True)
-        kernel = _cpu_kernel_for(q, k, v, bias_h, bias_w)
-        if kernel is not None:
-            return kernel(q, k, v, bias_h[0], bias_w[0], scale)
+        out = _cpu_kernel_attention(q, k, v, bias_h, bias_w, scale)
+        if out is not None:
+            return out
         return blocked_manhattan_attention(q, k, v, bias_h, bias_w, scale, None)
     if not torch.jit.is_scripting():
         if _compiling_for_cuda(q):  # inside torch.compile: dynamo compiles flex itself

@@ -116,6 +116,14 @@ def fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> nn.Module:
     return nn.Identity()
 
 
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU of a fresh conv / linear output: in place where autograd does not record it (its backward
+    would need the input), which spares a new buffer per call (at 1024 x 2048, 64 MiB in the stem)."""
+    if torch.is_grad_enabled():
+        return F.gelu(x)
+    return torch.ops.aten.gelu_(x)
+
+
 class Stem(nn.Module):
     """Four 3x3 convs (two with stride 2) with BatchNorm and GELU: image -> stride-4 map (NCHW, channels-last memory)."""
 
@@ -138,9 +146,9 @@ class Stem(nn.Module):
         # an NCHW buffer seen through a permute: each LayerNorm then copies, and the depthwise convs
         # run ~4x slower NCHW kernels.
         x = check_image_batch(x, self.in_chans).contiguous(memory_format=torch.channels_last)
-        x = F.gelu(self.bn1(self.conv1(x)))
-        x = F.gelu(self.bn2(self.conv2(x)))
-        x = F.gelu(self.bn3(self.conv3(x)))
+        x = _gelu(self.bn1(self.conv1(x)))
+        x = _gelu(self.bn2(self.conv2(x)))
+        x = _gelu(self.bn3(self.conv3(x)))
         return self.bn4(self.conv4(x))
 
     def fuse(self) -> nn.Module:
@@ -179,8 +187,9 @@ class ConvFFN(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.fc1(x))
-        x = x + self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # permutes are views
+        x = _gelu(self.fc1(x))
+        # the conv's fresh output takes the residual in place (conv keeps no output for backward)
+        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).add_(x)  # permutes are views
         return self.fc2(x)
 
 
@@ -218,9 +227,11 @@ class RetBlock(nn.Module):
             bias_a: torch.Tensor,
             bias_b: torch.Tensor,
     ) -> torch.Tensor:
-        x = x + self.cpe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), sin, cos, bias_a, bias_b)))
-        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        # each residual is added in place into its branch's fresh output (a conv, linear, layer-scale
+        # or drop-path result, none kept for backward): the block's input is left as it was
+        x = self.cpe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).add_(x)
+        x = self.drop_path(self.ls1(self.attn(self.norm1(x), sin, cos, bias_a, bias_b))).add_(x)
+        x = self.drop_path(self.ls2(self.mlp(self.norm2(x)))).add_(x)
         return x
 
 
