@@ -26,7 +26,10 @@ Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
   use the same formula written with real tensors;
 * the sin/cos tables span all heads (``C/2`` pairs, not ``head_dim/2``), so the elementwise
   kernels run over long contiguous rows instead of broadcasting over heads every 8-16 values;
-* full mode on the CPU (:func:`blocked_manhattan_attention`): a stage builds its bias once for all
+* full mode in eager float32 CPU inference: the compiled kernel of ``csrc/manhattan_attention.cpp``
+  (:mod:`.cpu_kernel`), which adds the decay from the 1-D tables inside its tiles, so no mask exists
+  (at 1024 x 2048, 0.84x the whole forward's time with SDPA and the tables below);
+* full mode on the CPU otherwise (:func:`blocked_manhattan_attention`): a stage builds its bias once for all
   its blocks, as the whole ``N x L x L`` mask while that is small, else as a row-shift table of
   ``N x rows x W x (2H-1) x W`` whose strided views are the bias of every block of ``rows`` query
   rows (at 1024 x 2048, stage 3 of rmt_t: 508 MiB instead of 2 GiB, and nothing rebuilt per block).
@@ -351,6 +354,8 @@ def _cpu_kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bia
                           bias_w: torch.Tensor, scale: float) -> Optional[torch.Tensor]:
     """Full mode through the compiled CPU kernel where it applies (float32 CPU inference: it has no
     backward) and is built; None otherwise."""
+    if not _not_compiling():
+        return None
     tensors = (q, k, v, bias_h, bias_w)
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return None
