@@ -15,6 +15,20 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 REFERENCE = Path(__file__).parent / "data" / "reference"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_kernel_built():
+    """Build the compiled CPU retention kernel (segret_zoo/models/cpu_kernel.py) once, up front: on a
+    fresh machine the first forward compiles it (about 10 s), which must not fall inside a test that
+    times a subprocess. Where it cannot be built the tests run on SDPA (its own tests say so)."""
+    import warnings
+
+    from segret_zoo.models.cpu_kernel import manhattan_kernel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manhattan_kernel()
+
+
 @pytest.fixture(autouse=True)
 def no_child_process_left():
     """Each test leaves no multiprocessing child (a DataLoader worker, say) behind.
