@@ -353,9 +353,7 @@ def _row_block_bias(table: torch.Tensor, r0: int, r1: int, height: int, width: i
 def _cpu_kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
                           bias_w: torch.Tensor, scale: float) -> Optional[torch.Tensor]:
     """Full mode through the compiled CPU kernel where it applies (float32 CPU inference: it has no
-    backward) and is built; None otherwise."""
-    if not _not_compiling():
-        return None
+    backward) and is built; None otherwise. Its one caller has already checked for an eager run."""
     tensors = (q, k, v, bias_h, bias_w)
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return None
