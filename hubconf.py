@@ -29,7 +29,7 @@ def _rmt(name: str, pretrained: bool, **kwargs: typing.Any) -> typing.Any:
 
 
 def segret_tiny(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing.Any:
-    """SegRet-Tiny: RMT-T encoder + ZIR decoder (C=256), 13.6M parameters with 150 classes.
+    """SegRet-Tiny: RMT-T encoder + ZIR decoder (C=256), 13.47M parameters with 150 classes.
 
     ``pretrained``: False, True (ADE20K) or "ade20k" / "cityscapes" / "cocostuff"; other keyword
     arguments (``num_classes``, ``pretrained_backbone``, ``checkpoint_path``, ...) as in
@@ -39,7 +39,7 @@ def segret_tiny(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing.
 
 
 def segret_small(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing.Any:
-    """SegRet-Small: RMT-S encoder + ZIR decoder (C=256), 26.2M parameters with 150 classes.
+    """SegRet-Small: RMT-S encoder + ZIR decoder (C=256), 25.98M parameters with 150 classes.
 
     Arguments as for :func:`segret_tiny`.
     """
@@ -47,7 +47,7 @@ def segret_small(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing
 
 
 def segret_base(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing.Any:
-    """SegRet-Base: RMT-B encoder + ZIR decoder (C=256), 53.5M parameters with 150 classes.
+    """SegRet-Base: RMT-B encoder + ZIR decoder (C=256), 53.03M parameters with 150 classes.
 
     Arguments as for :func:`segret_tiny`.
     """
@@ -55,7 +55,7 @@ def segret_base(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing.
 
 
 def segret_large(pretrained: typing.Any = False, **kwargs: typing.Any) -> typing.Any:
-    """SegRet-Large: RMT-L encoder + ZIR decoder (C=512), 96.4M parameters with 150 classes.
+    """SegRet-Large: RMT-L encoder + ZIR decoder (C=512), 95.80M parameters with 150 classes.
 
     Arguments as for :func:`segret_tiny`.
     """

@@ -3,10 +3,11 @@
 Names are ``segret_{tiny,small,base,large}``, optionally with a dataset tag
 (``segret_tiny.cityscapes``), or ``hf-hub:org/repo[@revision]`` for any folder written by
 ``save_pretrained`` and uploaded. The variant table lives in :mod:`segret_zoo.models.segret`, the
-dataset table in :mod:`segret_zoo.data.classes`; weights are fetched through
-:mod:`segret_zoo.hub.download`, which only downloads safetensors, checks them against
-``weights/manifest.json`` and fails fast offline. :func:`load_model` is the one "model spec ->
-model" that every command (predict, eval, export, train) uses.
+dataset table in :mod:`segret_zoo.data.classes`. Where weights come from (a tag's Hub file, a backbone
+tag, a folder, a file, a released official checkpoint) is resolved by :mod:`segret_zoo.hub.sources`
+(checked downloads, fast failure offline); how they enter the model is
+:func:`segret_zoo.hub.weights.load_weights`, driven by the model's own layouts. :func:`load_model` is
+the one "model spec -> model" that every command (predict, eval, export, train) uses.
 """
 from __future__ import annotations
 
@@ -22,13 +23,21 @@ import torch
 from segret_zoo.data.classes import DATASET_CLASSES, DATASET_DEFAULTS
 from segret_zoo.data.classes import id2label as dataset_id2label
 from segret_zoo.errors import UserError
-from segret_zoo.hub.download import CONFIG_NAME, WEIGHTS_NAME, hub_download, parse_hub_name, resolve_source
-from segret_zoo.hub.weights import load_checkpoint_into, read_config, read_state_dict
+from segret_zoo.hub.download import CONFIG_NAME, WEIGHTS_NAME, parse_hub_name
+from segret_zoo.hub.sources import HubFile, resolve_source
+from segret_zoo.hub.weights import (
+    Checkpoint,
+    convert_layout,
+    load_weights,
+    read_checkpoint,
+    read_config,
+    summarize_keys,
+)
 from segret_zoo.models.segret import SEGRET_VARIANTS, SegRet, default_pretrained_cfg
-from segret_zoo.settings import hf_org
+from segret_zoo.settings import mirrored_repo_id
 
-__all__ = ["create_model", "list_models", "list_pretrained", "from_pretrained", "load_model", "parse_model_name",
-           "DEFAULT_TAG"]
+__all__ = ["create_model", "list_models", "list_pretrained", "from_pretrained", "load_model", "load_backbone",
+           "parse_model_name", "DEFAULT_TAG"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_TAG = "ade20k"
@@ -104,28 +113,49 @@ def _labels_for(tag: Optional[str], num_classes: int) -> Optional[Dict[int, str]
     return dataset_id2label(tag) if len(DATASET_CLASSES.get(tag, ())) == num_classes else None
 
 
-def _load_backbone(model: torch.nn.Module, pretrained_backbone: Union[bool, PathLike], *,
-                   revision: Optional[str], cache_dir: Optional[PathLike], token: Any) -> None:
-    """ImageNet RMT weights from the Hub (True) or a local RMT checkpoint in any supported layout."""
-    if pretrained_backbone is True:
-        backbone = getattr(model, "backbone", None)
-        if not isinstance(backbone, str):
-            raise ValueError("pretrained_backbone=True needs a registered backbone (rmt_t/s/b/l); this model has "
-                             "a custom one: pass pretrained_backbone=PATH instead")
-        from timm.models import get_pretrained_cfg
+def _backbone_source(model: SegRet, pretrained_backbone: Union[bool, PathLike]) -> Union[HubFile, PathLike]:
+    """ImageNet RMT weights: the backbone tag's Hub file (True, from timm's registry) or a local path."""
+    if pretrained_backbone is not True:
+        return pretrained_backbone  # type: ignore[return-value]
+    if not isinstance(model.backbone, str):
+        raise ValueError("pretrained_backbone=True needs a registered backbone (rmt_t/s/b/l); this model has "
+                         "a custom one: pass pretrained_backbone=PATH instead")
+    from timm.models import get_pretrained_cfg
 
-        cfg = get_pretrained_cfg(f"{backbone}.in1k")
-        if cfg is None or not cfg.hf_hub_id:
-            raise ValueError(f"{backbone}.in1k has no Hub location in its timm pretrained_cfg")
-        repo_id = f"{hf_org()}/{cfg.hf_hub_id.split('/', 1)[1]}"  # the org is read now: a mirror set later wins
-        path = hub_download(repo_id, cfg.hf_hub_filename or WEIGHTS_NAME, revision=revision,
-                            cache_dir=cache_dir, token=token)
-    else:
-        path = Path(pretrained_backbone)
-        if path.is_dir():
-            path = resolve_source(path).weights
-    state = read_state_dict(path)  # type: ignore[arg-type]
-    model.load_backbone(state)  # type: ignore[operator]
+    cfg = get_pretrained_cfg(f"{model.backbone}.in1k")
+    if cfg is None or not cfg.hf_hub_id:
+        raise ValueError(f"{model.backbone}.in1k has no Hub location in its timm pretrained_cfg")
+    advice = ("To use the official RMT release instead: `segret-zoo convert-rmt RMT.pth OUT_DIR`, then "
+              "pretrained_backbone='OUT_DIR' (command line: --pretrained-backbone OUT_DIR); the .pth itself works too.")
+    return HubFile(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME, advice=advice)
+
+
+def load_backbone(model: SegRet, source: Union[bool, PathLike, HubFile], **hub: Any) -> List[str]:
+    """Initialise ``model``'s encoder from an RMT checkpoint in any layout it reads, as the official
+    training does: non-strictly, dropping what SegRet's encoder does not have (the FFN convs, the
+    ImageNet head), which one warning names. Returns the dropped keys."""
+    src = resolve_source(_backbone_source(model, source) if not isinstance(source, HubFile) else source, **hub)
+    dropped = load_weights(model.encoder, read_checkpoint(src.weights).state_dict, source=src.description,
+                           layouts=model.backbone_checkpoint_layouts(), allow_unexpected=True)
+    if dropped:
+        warnings.warn(f"{src.description}: loaded the encoder, dropping {len(dropped)} tensors SegRet's encoder "
+                      f"does not have: {summarize_keys(dropped)}", UserWarning, stacklevel=3)
+    return dropped
+
+
+def _checkpoint_classes(state_dict: Mapping[str, torch.Tensor]) -> Optional[int]:
+    """The class count of a SegRet checkpoint in any layout it reads (None when it is not one)."""
+    _, converted = convert_layout(state_dict, SegRet.checkpoint_layouts())
+    weight = (converted or {}).get("decoder.classifier.weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def _meta_labels(meta: Mapping[str, Any], num_classes: int) -> Optional[Dict[int, str]]:
+    """An mmsegmentation checkpoint's class names (``meta["CLASSES"]``) when they fit ``num_classes``."""
+    classes = meta.get("CLASSES")
+    if isinstance(classes, (list, tuple)) and len(classes) == num_classes:
+        return {i: str(c) for i, c in enumerate(classes)}
+    return None
 
 
 def create_model(
@@ -151,49 +181,55 @@ def create_model(
       metadata only when it has 150 classes; with another count it names no dataset, reduces no
       label and points at no Hub repo.
     - ``pretrained_backbone``: False, True (ImageNet RMT weights from the Hub) or a path to an RMT
-      checkpoint (official classification or segmentation layout, or this project's); ignored
-      when full weights are loaded, which include the backbone.
-    - ``checkpoint_path``: a local full-model checkpoint (``.safetensors``, ``.pth``, or a saved folder).
+      checkpoint (official ``.pth``, mmsegmentation backbone, or ``convert-rmt`` output), loaded as
+      the official training does (:func:`load_backbone`); ignored when full weights are loaded.
+    - ``checkpoint_path``: a local full-model checkpoint: ``.safetensors``, a ``save_pretrained``
+      folder, or a released official SegRet ``.pth`` (mmsegmentation), whose layout is converted.
     - ``kwargs`` go to the SegRet constructor (``drop_path_rate``, ``decoder_dropout``, ...).
     The model is returned in training mode, as timm does.
     """
     hub = dict(revision=revision, cache_dir=cache_dir, token=token)
     # a classifier of another width may only be dropped when the user asked for another class count
     new_classifier = num_classes is not None
-    checkpoint: Optional[Dict[str, torch.Tensor]] = None
+    checkpoint: Optional[Checkpoint] = None
     source = ""
     if checkpoint_path is not None:
         src = resolve_source(checkpoint_path)
-        checkpoint, source = read_state_dict(src.weights), str(src.weights)
+        checkpoint, source = read_checkpoint(src.weights), str(src.weights)
     if name.startswith(_HF_HUB):
         model = _create_from_hub_name(name, pretrained, num_classes, id2label, hub, kwargs)
     else:
         arch, tag = parse_model_name(name, pretrained)
         variants, datasets = _tables()
         if num_classes is None and checkpoint is not None and not pretrained:
-            num_classes = SegRet.classifier_classes(checkpoint)  # a bare weights file: its own class count
+            num_classes = _checkpoint_classes(checkpoint.state_dict)  # a bare weights file: its own class count
         default_count = int(datasets[tag or DEFAULT_TAG]["num_classes"])
         classes = num_classes if num_classes is not None else default_count
         # untagged: the default dataset's metadata only for a model of its class count, else no dataset
         cfg_tag = tag or (DEFAULT_TAG if classes == default_count else None)
-        labels = dict(id2label) if id2label is not None else _labels_for(cfg_tag, classes)
+        labels = dict(id2label) if id2label is not None else (
+            (_meta_labels(checkpoint.meta, classes) if checkpoint is not None else None)
+            or _labels_for(cfg_tag, classes))
         pcfg = default_pretrained_cfg(arch, cfg_tag, classes, labels)
+        if pcfg.get("hf_hub_id"):  # the org that hosts the zoo's weights now (SEGRET_ZOO_HF_ORG)
+            pcfg["hf_hub_id"] = mirrored_repo_id(pcfg["hf_hub_id"])
         args = {**variants[arch], **kwargs}
         model = SegRet(num_classes=classes, id2label=labels, architecture=arch, pretrained_cfg=pcfg, **args)
-        if pretrained:
-            if pretrained_backbone:
-                warnings.warn("pretrained_backbone is ignored: the pretrained model's weights include the backbone",
-                              stacklevel=2)
-            repo_id = pcfg["hf_hub_id"]
-            filename = pcfg.get("hf_hub_filename") or WEIGHTS_NAME
-            path = hub_download(repo_id, filename, **hub)
-            assert path is not None
-            load_checkpoint_into(model, read_state_dict(path), source=f"{repo_id}/{filename}",
-                                 new_classifier=new_classifier)
-        elif pretrained_backbone:
-            _load_backbone(model, pretrained_backbone, **hub)
+        if pretrained_backbone and (pretrained or checkpoint is not None):
+            warnings.warn("pretrained_backbone is ignored: the full model's weights include the backbone",
+                          stacklevel=2)
+        if pretrained and checkpoint is None:  # with checkpoint_path, the tag names the dataset; the file has the weights
+            advice = (f"To use a local copy instead: create_model('{arch}', pretrained='{tag}', "
+                      "checkpoint_path=PATH) (command line: --checkpoint PATH), PATH being a save_pretrained folder, "
+                      "its model.safetensors, or the authors' released .pth.")
+            src = resolve_source(HubFile(pcfg["hf_hub_id"], pcfg.get("hf_hub_filename") or WEIGHTS_NAME,
+                                         advice=advice), **hub)
+            load_weights(model, read_checkpoint(src.weights).state_dict, source=src.description,
+                         new_classifier=new_classifier)
+        elif pretrained_backbone and checkpoint is None:
+            load_backbone(model, pretrained_backbone, **hub)
     if checkpoint is not None:
-        load_checkpoint_into(model, checkpoint, source=source, new_classifier=new_classifier)
+        load_weights(model, checkpoint.state_dict, source=source, new_classifier=new_classifier)
     return model.train()
 
 
@@ -209,8 +245,7 @@ def _create_from_hub_name(name: str, pretrained: Union[bool, str], num_classes: 
         raise ValueError(f"pretrained={pretrained!r}: a tag cannot be combined with a Hub name ({name})")
     if pretrained:
         return SegRet.from_pretrained(repo_id, num_classes=num_classes, id2label=id2label, **hub, **kwargs)
-    config_path = hub_download(repo_id, CONFIG_NAME, **hub)
-    assert config_path is not None
+    config_path = resolve_source(HubFile(repo_id, CONFIG_NAME), **hub).weights
     return SegRet.from_hub_config(read_config(config_path), num_classes=num_classes,
                                   id2label=dict(id2label) if id2label is not None else None,
                                   source=f"{repo_id}/{CONFIG_NAME}", **kwargs)

@@ -67,3 +67,41 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
                 t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.5)
             else:
                 t.copy_(torch.randn(t.shape, generator=g) * 0.05)
+
+
+def to_official_segret(model, conv_seg_channels: int = 128) -> Dict[str, torch.Tensor]:
+    """A SegRet's weights as the authors' released mmsegmentation checkpoints name them
+    (``tests/data/reference/segret/keys``): ``backbone.*`` official RMT keys and ``decode_head.*`` of
+    ``SegFormerHeadWithRes``, with the unused ``conv_seg`` the base head adds."""
+    state = model.state_dict()
+    encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    out = {f"backbone.{k}": v for k, v in to_official(model.encoder, encoder).items()
+           if not k.startswith(("proj.", "norm.", "head."))}
+    dec = model.decoder
+    for i, level in enumerate(dec.levels, start=1):
+        out[f"decode_head.linear_c{i}.proj.weight"] = level.linear.weight[:, :, 0, 0].clone()
+        out[f"decode_head.linear_c{i}.proj.bias"] = level.linear.bias.clone()
+        for name, t in level.zir_conv.state_dict().items():
+            out[f"decode_head.linear_c{i}.zeroLayer.conv.{name}"] = t
+        for name, t in level.zir_norm.state_dict().items():
+            out[f"decode_head.linear_c{i}.zeroLayer.bn.{name}"] = t
+    out["decode_head.linear_fuse.conv.weight"] = dec.fuse_conv.weight
+    for name, t in dec.fuse_norm.state_dict().items():
+        out[f"decode_head.linear_fuse.bn.{name}"] = t
+    out["decode_head.linear_pred.weight"] = dec.classifier.weight
+    out["decode_head.linear_pred.bias"] = dec.classifier.bias
+    k = dec.classifier.weight.shape[0]
+    out["decode_head.conv_seg.weight"] = torch.randn(k, conv_seg_channels, 1, 1)
+    out["decode_head.conv_seg.bias"] = torch.randn(k)
+    return out
+
+
+def mmseg_checkpoint(state_dict: Dict[str, torch.Tensor], classes=None) -> dict:
+    """An mmsegmentation 0.x checkpoint container, as its training saves it (no class objects)."""
+    meta = {"mmcv_version": "1.3.0", "iter": 160000, "config": "model = dict(type='EncoderDecoder', ...)",
+            "env_info": "sys.platform: linux"}
+    if classes is not None:
+        meta["CLASSES"] = tuple(classes)
+        meta["PALETTE"] = [[i, i, i] for i in range(len(classes))]
+    return {"meta": meta, "state_dict": state_dict,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999), "params": [0]}]}}

@@ -39,9 +39,9 @@ def random_stats_segret(seed: int = 0, backbone=MINI) -> SegRet:
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0, 0.1)
-        for conv in model.decoder.zir:
-            conv.weight.normal_(0, 0.05)
-            conv.bias.normal_(0, 0.05)
+        for level in model.decoder.levels:
+            level.zir_conv.weight.normal_(0, 0.05)
+            level.zir_conv.bias.normal_(0, 0.05)
     return model.eval()
 
 
@@ -66,7 +66,7 @@ def test_timm_reparameterize_model_folds_decoder_and_encoder_exactly():
     assert not [f"{prefix}.{name}" for prefix, module in folded.named_modules()
                 for name, child in module._modules.items() if child is None]
     assert isinstance(folded.decoder, nn.Module)
-    assert folded.decoder.fused and not model.decoder.fused  # a copy: the model itself is untouched
+    assert folded.zir_fused and not model.zir_fused  # a copy: the model itself is untouched
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.encoder.modules())  # stem + downsample folded
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.encoder.modules())
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
@@ -90,7 +90,7 @@ def test_segmenter_runs_the_folded_copy_by_default():
     model.train()
     rgb = random_image(120, 150, seed=2)
     seg = Segmenter(model)
-    assert seg.model is not model and seg.model.decoder.fused and not model.decoder.fused
+    assert seg.model is not model and seg.model.zir_fused and not model.zir_fused
     assert model.training  # the user's model is not switched or modified
     labels, probs = seg(rgb, return_probs=True)
     ref_labels, ref_probs = Segmenter(copy.deepcopy(model), fold=False)(rgb, return_probs=True)
@@ -162,10 +162,10 @@ def test_reparameterized_model_saves_and_loads_back(tmp_path):
     with torch.no_grad():
         expected = model(x)
     folded = reparameterize_model(model)
-    assert folded.encoder_bn_folded and folded.decoder.fused
+    assert folded.encoder_bn_folded and folded.zir_fused
     folded.save_pretrained(tmp_path / "saved")
     loaded = from_pretrained(tmp_path / "saved")
-    assert loaded.encoder_bn_folded and loaded.decoder.fused
+    assert loaded.encoder_bn_folded and loaded.zir_fused
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected, atol=1e-4, rtol=1e-4)
 

@@ -21,7 +21,7 @@ from segret_zoo.errors import CheckpointError, WeightsNotFoundError
 from segret_zoo.factory import create_model, from_pretrained
 from segret_zoo.hub.download import hub_download, seed_hub_cache
 from segret_zoo.hub.manifest import file_sha256
-from segret_zoo.hub.weights import load_checkpoint_into, match_state_dict, read_state_dict
+from segret_zoo.hub.weights import load_weights, match_state_dict, read_state_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MINI = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
@@ -151,7 +151,7 @@ def test_torch_hub_new_num_classes_drops_only_the_classifier(release, image, hub
 def test_other_mismatch_is_an_error_listing_keys(release, tmp_path):
     wider = create_model("segret_tiny", backbone=dict(MINI, embed_dims=(16, 32, 48, 80)), decoder_channels=32)
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint_into(wider, read_state_dict(release / "model.safetensors"), source="release")
+        load_weights(wider, read_state_dict(release / "model.safetensors"), source="release")
     text = str(err.value)
     assert "Shape mismatches:" in text and "encoder.stages.3" in text and "Missing keys: none" in text
     deeper = create_model("segret_tiny", backbone=dict(MINI, depths=(1, 1, 2, 1)), decoder_channels=32)
@@ -221,15 +221,21 @@ def test_manifest_size_and_sha256_are_checked(release, hub_env, tmp_path):
     from_pretrained(REPO, revision="other")  # another revision is other bytes: not checked against "abc"
 
 
-def test_offline_without_cache_names_repo_file_and_remedies(hub_env):
+def test_offline_without_cache_names_repo_file_and_remedies(hub_env, tmp_path):
     start = time.perf_counter()
     with pytest.raises(WeightsNotFoundError) as err:
         create_model("segret_tiny", pretrained="cityscapes", **SMALL)
     assert time.perf_counter() - start < 10
     text = str(err.value)
-    for part in (f"{ORG}/segret-tiny-cityscapes", "model.safetensors", "checkpoint_path=", "HF_HUB_OFFLINE",
-                 "segret-zoo convert-rmt"):
+    for part in (f"{ORG}/segret-tiny-cityscapes", "model.safetensors", "HF_HUB_OFFLINE",
+                 "create_model('segret_tiny', pretrained='cityscapes', checkpoint_path=PATH)", "--checkpoint PATH"):
         assert part in text, part
+    # the advice, followed literally, works offline: the tag names the dataset, the file has the weights
+    local = create_model("segret_tiny", num_classes=19, **SMALL)
+    local.save_pretrained(tmp_path / "local")
+    model = create_model("segret_tiny", pretrained="cityscapes", checkpoint_path=tmp_path / "local", **SMALL)
+    assert model.pretrained_cfg["dataset"] == "cityscapes" and model.id2label[0] == "road"
+    assert torch.equal(model.decoder.classifier.weight, local.decoder.classifier.weight)
     with pytest.raises(WeightsNotFoundError, match="No local file or folder named 'runs/final' exists"):
         from_pretrained("runs/final")  # a mistyped local path reads as a repo id: say both
 

@@ -82,11 +82,11 @@ def test_fused_model_round_trip(tmp_path):
     model = _model(seed=2).fuse_zir()
     model.save_pretrained(tmp_path)
     loaded = from_pretrained(tmp_path)
-    assert loaded.decoder.fused
+    assert loaded.zir_fused
     assert torch.equal(_out(loaded), _out(model))
     # a registered name + the fused weights file: the new model is folded to match the checkpoint
     created = create_model("segret_tiny", checkpoint_path=tmp_path / "model.safetensors", **SMALL)
-    assert created.decoder.fused and torch.equal(_out(created), _out(model))
+    assert created.zir_fused and torch.equal(_out(created), _out(model))
 
 
 def test_torch_format_and_switching_back(tmp_path):
@@ -103,7 +103,7 @@ class TiedSegRet(SegRet):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.decoder.zir[0].weight = self.decoder.linears[0].weight
+        self.decoder.levels[0].zir_conv.weight = self.decoder.levels[0].linear.weight
 
 
 def test_tied_tensors_are_stored_once_and_restored(tmp_path):
@@ -112,9 +112,9 @@ def test_tied_tensors_are_stored_once_and_restored(tmp_path):
     model = TiedSegRet.from_config(_model().config)
     model.save_pretrained(tmp_path)
     stored = load_file(tmp_path / "model.safetensors")
-    assert ("decoder.zir.0.weight" in stored) != ("decoder.linears.0.weight" in stored)
+    assert ("decoder.levels.0.zir_conv.weight" in stored) != ("decoder.levels.0.linear.weight" in stored)
     loaded = TiedSegRet.from_pretrained(tmp_path)
-    assert loaded.decoder.zir[0].weight is loaded.decoder.linears[0].weight
+    assert loaded.decoder.levels[0].zir_conv.weight is loaded.decoder.levels[0].linear.weight
     assert torch.equal(_out(loaded), _out(model))
 
 

@@ -21,18 +21,20 @@ def model() -> SegRet:
     m = SegRet(backbone=MINI, num_classes=6, decoder_channels=32,
                pretrained_cfg=dict(test_scale=(160, 96), crop_size=(96, 96), stride=(64, 64)))
     with torch.no_grad():  # trained-looking ZIR paths and BN statistics, so folding is not a no-op
-        for conv in m.decoder.zir:
-            conv.weight.normal_(0, 0.05)
-            conv.bias.normal_(0, 0.05)
-        m.decoder.fuse_norm.running_mean.normal_(0, 0.1)
-        m.decoder.fuse_norm.running_var.uniform_(0.5, 2.0)
+        for level in m.decoder.levels:
+            level.zir_conv.weight.normal_(0, 0.05)
+            level.zir_conv.bias.normal_(0, 0.05)
+        for norm in [m.decoder.fuse_norm] + [level.zir_norm for level in m.decoder.levels]:
+            norm.running_mean.normal_(0, 0.1)
+            norm.running_var.uniform_(0.5, 2.0)
+            norm.weight.normal_(1, 0.1)
     return m.eval()
 
 
 def test_fused_copy_is_exact_and_leaves_model_alone(model):
     fused = fused_copy(model)
-    assert fused.decoder.fused and not model.decoder.fused
-    assert float(model.decoder.zir[0].weight.detach().abs().sum()) > 0
+    assert fused.zir_fused and not model.zir_fused
+    assert float(model.decoder.levels[0].zir_conv.weight.detach().abs().sum()) > 0
     x = torch.randn(2, 3, 72, 88)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-5)

@@ -40,7 +40,8 @@ def reference_masa(attn: ManhattanSelfAttention, x: torch.Tensor, init_value: fl
         return out
 
     q, k, v = (t.reshape(B, H, W, N, d) for t in (q, k, v))
-    q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+    if attn.rotary:  # SegRet's encoder has no theta shift: q and k enter as projected
+        q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
     decay = torch.tensor([math.log(1 - 2 ** (-init_value - heads_range * h / N)) for h in range(N)],
                          dtype=torch.float64)
     # loops over images and heads, results stacked (no in-place writes: the reference is also
@@ -72,9 +73,10 @@ def reference_masa(attn: ManhattanSelfAttention, x: torch.Tensor, init_value: fl
     return out @ attn.proj.weight.double().T + attn.proj.bias.double()
 
 
-def make_attention(dim: int, heads: int, decomposed: bool, seed: int = 0) -> ManhattanSelfAttention:
+def make_attention(dim: int, heads: int, decomposed: bool, seed: int = 0, rotary: bool = True
+                   ) -> ManhattanSelfAttention:
     torch.manual_seed(seed)
-    attn = ManhattanSelfAttention(dim, heads, decomposed).eval()
+    attn = ManhattanSelfAttention(dim, heads, decomposed, rotary).eval()
     with torch.no_grad():  # q/k large enough that the softmax is far from uniform
         attn.qkv.weight[: 2 * dim].mul_(4)
         attn.qkv.bias.normal_(0, 0.2)
@@ -85,7 +87,7 @@ def make_attention(dim: int, heads: int, decomposed: bool, seed: int = 0) -> Man
 def fast_masa(attn: ManhattanSelfAttention, x: torch.Tensor, init_value: float, heads_range: float
               ) -> torch.Tensor:
     pos = retention_positions(x.shape[1], x.shape[2], attn.num_heads, attn.head_dim, init_value, heads_range,
-                              attn.decomposed, x.dtype, x.device)
+                              attn.decomposed, x.dtype, x.device, attn.rotary)
     return attn(x, *pos)
 
 
@@ -99,11 +101,12 @@ CASES = [  # (batch, H, W, dim, heads)
 
 
 # ------------------------------------------------------------------------------------ tests
+@pytest.mark.parametrize("rotary", [True, False], ids=["rmt", "segret"])
 @pytest.mark.parametrize("decomposed", [True, False], ids=["decomposed", "full"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
-def test_fast_path_matches_reference_float32(decomposed, case):
+def test_fast_path_matches_reference_float32(decomposed, case, rotary):
     B, H, W, C, N = case
-    attn = make_attention(C, N, decomposed)
+    attn = make_attention(C, N, decomposed, rotary=rotary)
     x = torch.randn(B, H, W, C, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = reference_masa(attn, x, 2.0, 4.0)
@@ -124,11 +127,12 @@ def test_fast_path_matches_reference_bfloat16(decomposed):
     assert (out.double() - ref).abs().max().item() <= 3e-2 * scale
 
 
+@pytest.mark.parametrize("rotary", [True, False], ids=["rmt", "segret"])
 @pytest.mark.parametrize("decomposed", [True, False], ids=["decomposed", "full"])
-def test_gradients_match_reference(decomposed):
+def test_gradients_match_reference(decomposed, rotary):
     """The in-place steps of the fast path (rotary, lepe add) must leave autograd correct (float64; the
     reference takes the decay in float64, the model in float32 like the official code: ~1e-8 apart)."""
-    attn = make_attention(12, 3, decomposed).double()
+    attn = make_attention(12, 3, decomposed, rotary=rotary).double()
     x = torch.randn(2, 3, 4, 12, dtype=torch.float64, requires_grad=True)
     fast_masa(attn, x, 2.0, 6.0).square().sum().backward()
     fast = {n: p.grad.clone() for n, p in attn.named_parameters()}

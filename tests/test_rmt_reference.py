@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import segret_zoo  # noqa: F401  (registers rmt_*)
-from segret_zoo.hub.weights import read_state_dict
+from segret_zoo.errors import CheckpointError
+from segret_zoo.factory import load_backbone
 from segret_zoo.models.rmt import RMT, checkpoint_filter_fn, remap_official_state_dict
 from segret_zoo.models.segret import SegRet
 from tests.official_layout import randomize_, to_official
@@ -35,14 +37,18 @@ def test_mini_classification_logits_match_reference(reference_dir, mini_config):
 
 
 def test_mini_segmentation_features_match_reference(reference_dir, mini_config):
+    """The official RMT segmentation backbone: stage outputs, then its per-stage LayerNorms (eps 1e-5)."""
     backbone = {k: v for k, v in mini_config.items() if k not in ("num_classes", "head_hidden_size")}
-    model = SegRet(backbone=backbone, num_classes=3).eval()
-    missing = model.load_backbone(read_state_dict(reference_dir / "vectors" / "rmt_mini_seg_official.safetensors"))
-    assert missing == []  # encoder and per-stage norms all came from the checkpoint
+    model = RMT(**backbone, num_classes=0).eval()
+    model.reset_classifier(0, "", reset_other=True)
+    official = load_file(reference_dir / "vectors" / "rmt_mini_seg_official.safetensors")
+    model.load_state_dict(checkpoint_filter_fn(official, model), strict=True)
     io = load_file(reference_dir / "vectors" / "rmt_mini_io.safetensors")
     with torch.no_grad():
-        feats = model.forward_features(io["input"])
+        feats = model.forward_intermediates(io["input"], intermediates_only=True)
     for i, f in enumerate(feats):
+        w, b = official[f"extra_norms.{i}.weight"], official[f"extra_norms.{i}.bias"]
+        f = F.layer_norm(f.permute(0, 2, 3, 1), w.shape, w, b, 1e-5).permute(0, 3, 1, 2)
         ref = io[f"seg_feature{i}"]
         assert f.shape == ref.shape
         assert (f - ref).abs().max() <= 1e-4, f"stage {i}"
@@ -91,24 +97,28 @@ def test_checkpoint_of_another_variant_is_named(tmp_path):
     with pytest.raises(ValueError, match="checkpoint is for rmt_s but the model is rmt_t"):
         timm.create_model("rmt_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "rmt_s.pth")))
     seg = SegRet("rmt_t", num_classes=4)
-    with pytest.raises(ValueError, match="rmt_s.*rmt_t"):
-        seg.load_backbone(read_state_dict(tmp_path / "rmt_s.pth"))
+    with pytest.raises(CheckpointError, match="rmt_s.*rmt_t"):
+        load_backbone(seg, tmp_path / "rmt_s.pth")
 
 
-def test_segmentation_backbone_checkpoint_loads_norms_into_segret(tmp_path):
-    donor = SegRet("rmt_t", num_classes=4).eval()
+def test_official_backbones_initialise_segret_as_the_official_training_does(tmp_path):
+    """An ImageNet RMT (official .pth) or the RMT mmseg backbone loads non-strictly into SegRet's encoder:
+    the FFN convs, the ImageNet head and the per-stage norms are dropped, and one warning names them."""
+    donor = timm.create_model("rmt_t", num_classes=10).eval()
     randomize_(donor)
-    enc = {**donor.encoder.state_dict(),
-           **{f"feature_norms.{k}": v for k, v in donor.feature_norms.state_dict().items()}}
-    ckpt = to_official(donor.encoder, enc, seg=True)
-    ckpt["decode_head.conv_seg.weight"] = torch.zeros(4, 8, 1, 1)  # mmseg extras are ignored
-    save_file(ckpt, tmp_path / "seg.safetensors")
-    model = SegRet("rmt_t", num_classes=4).eval()
-    assert model.load_backbone(read_state_dict(tmp_path / "seg.safetensors")) == []
-    x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        for a, b in zip(model.forward_features(x), donor.forward_features(x)):
-            assert torch.equal(a, b)
+    torch.save({"model": to_official(donor, donor.state_dict())}, tmp_path / "RMT-T.pth")
+    norms = {f"feature_norms.{i}.{p}": torch.ones(d) for i, d in enumerate(donor.embed_dims) for p in ("weight", "bias")}
+    save_file(to_official(donor, {**donor.state_dict(), **norms}, seg=True), tmp_path / "seg.safetensors")
+    for path, extra in ((tmp_path / "RMT-T.pth", "head"), (tmp_path / "seg.safetensors", "feature_norms")):
+        model = SegRet("rmt_t", num_classes=4)
+        with pytest.warns(UserWarning, match=r"(?=.*mlp\.dwconv \(28 tensors\))(?=.*" + extra + ")") as record:
+            dropped = load_backbone(model, path)
+        assert len([w for w in record if "dropping" in str(w.message)]) == 1
+        assert {k.split(".")[0] for k in dropped} == {"stages", extra}
+        assert all(".mlp.dwconv." in k for k in dropped if k.startswith("stages"))
+        theirs = donor.state_dict()
+        for key, value in model.encoder.state_dict().items():
+            assert torch.equal(value, theirs[key]), key
 
 
 def test_bad_input_names_expected_and_received_shape():
@@ -135,6 +145,7 @@ def test_pretrained_without_weights_fails_fast_with_instructions(monkeypatch, tm
         timm.create_model("rmt_t", pretrained=True)
     assert time.monotonic() - start < 10
     assert "segret-zoo/rmt_t.in1k" in str(err.value) and "not on the Hub yet" in str(err.value)
+    assert "pretrained_cfg_overlay=dict(file=" in str(err.value)  # advice in the spelling timm users type
 
 
 def test_convert_cli_writes_a_loadable_folder(tmp_path):

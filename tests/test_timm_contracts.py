@@ -11,8 +11,9 @@ from timm.layers import LayerScale
 
 import segret_zoo  # noqa: F401  (registers rmt_*)
 from segret_zoo import settings
+from segret_zoo.hub.weights import unwrap_checkpoint
 from segret_zoo.models import retention, rmt
-from segret_zoo.models.rmt import checkpoint_filter_fn, unwrap_state_dict
+from segret_zoo.models.rmt import checkpoint_filter_fn
 from tests.official_layout import randomize_, to_official
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,36 +118,39 @@ def test_model_files_do_not_fetch_weights_or_import_hub_code():
     assert not hasattr(rmt, "_fetch_pretrained") and not hasattr(rmt, "IMAGENET_DROP_PATH")
 
 
-def test_pretrained_goes_through_timm_with_the_org_read_at_create_time(monkeypatch):
-    """timm's builder fetches ``hf_hub_id`` (the org from SEGRET_ZOO_HF_ORG now, not at import) and
-    runs checkpoint_filter_fn on the official layout."""
-    import timm.models._builder as builder
+def test_pretrained_goes_through_the_zoo_download_with_the_org_read_at_create_time(tmp_path, monkeypatch):
+    """timm's ``rmt_t(pretrained=True)`` fetches the registry's Hub file through the zoo's checked download
+    (here an offline Hugging Face cache), from the org SEGRET_ZOO_HF_ORG names now, not at import;
+    checkpoint_filter_fn converts the official layout. A caller's own source wins."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
 
+    from segret_zoo.errors import WeightsNotFoundError
+    from segret_zoo.hub.download import seed_hub_cache
+
+    cache = tmp_path / "hf-cache"
+    for name, value in (("HF_HUB_CACHE", str(cache)), ("HF_HUB_OFFLINE", True)):
+        monkeypatch.setenv(name, "1" if value is True else value)
+        monkeypatch.setattr(constants, name, value)
     donor = timm.create_model("rmt_t").eval()
     randomize_(donor)
     official = to_official(donor, donor.state_dict())
-    asked = []
-
-    def fake_hf(model_id, filename="", **kwargs):
-        asked.append((model_id, filename))
-        return dict(official)
-
-    monkeypatch.setattr(builder, "load_state_dict_from_hf", fake_hf)
+    (tmp_path / "repo").mkdir()
+    save_file({k: v.contiguous() for k, v in official.items()}, tmp_path / "repo" / "model.safetensors")
+    seed_hub_cache(tmp_path / "repo", "mirror-org/rmt_t.in1k", cache_dir=cache)
     monkeypatch.setenv(settings.ORG_ENV, "mirror-org")
     model = timm.create_model("rmt_t", pretrained=True).eval()
-    assert asked == [("mirror-org/rmt_t.in1k", "model.safetensors")]
     for k, v in donor.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     monkeypatch.delenv(settings.ORG_ENV)
-    timm.create_model("rmt_t.in1k", pretrained=True, num_classes=3)
-    assert asked[-1][0] == f"{settings.DEFAULT_HF_ORG}/rmt_t.in1k"
-    # a caller's own source wins: no Hub request
+    with pytest.raises(WeightsNotFoundError, match=f"{settings.DEFAULT_HF_ORG}/rmt_t.in1k"):
+        timm.create_model("rmt_t.in1k", pretrained=True, num_classes=3)
     monkeypatch.setenv(settings.ORG_ENV, "mirror-org")
-    timm.create_model("rmt_t", pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id="someone/rmt"))
-    assert asked[-1][0] == "someone/rmt"
-    n = len(asked)
-    timm.create_model("rmt_t", pretrained=True, pretrained_cfg_overlay=dict(state_dict=official))
-    assert len(asked) == n
+    with pytest.raises(WeightsNotFoundError, match="someone/rmt"):  # a caller's own repo is not rewritten
+        timm.create_model("rmt_t", pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id="someone/rmt"))
+    monkeypatch.delenv(settings.ORG_ENV)
+    from_dict = timm.create_model("rmt_t", pretrained=True, pretrained_cfg_overlay=dict(state_dict=official))
+    assert torch.equal(from_dict.stem.conv1.weight, donor.stem.conv1.weight)  # no Hub access at all
 
 
 def test_checkpoint_filter_only_renames_keys():
@@ -154,16 +158,16 @@ def test_checkpoint_filter_only_renames_keys():
     small = timm.create_model("rmt_s", device="meta")
     official = to_official(small, {k: torch.zeros(v.shape) for k, v in small.state_dict().items()})
     tiny = timm.create_model("rmt_t")
-    renamed = checkpoint_filter_fn({"model": official}, tiny)
+    renamed = checkpoint_filter_fn(official, tiny)
     assert set(renamed) == set(small.state_dict())
     with pytest.raises(RuntimeError, match="size mismatch"):
         tiny.load_state_dict(renamed)
 
 
-def test_unwrap_state_dict_cleans_wrapper_prefixes_like_timm():
+def test_unwrap_checkpoint_cleans_wrapper_prefixes_like_timm():
     w = torch.zeros(1)
-    assert unwrap_state_dict({"model": {"module.a": w, "_orig_mod.module.b": w}}) == {"a": w, "b": w}
-    assert set(unwrap_state_dict({"model": {"a": w}, "model_ema": {"b": w}}, use_ema=True)) == {"b"}
+    assert unwrap_checkpoint({"model": {"module.a": w, "_orig_mod.module.b": w}}) == {"a": w, "b": w}
+    assert set(unwrap_checkpoint({"model": {"a": w}, "model_ema": {"b": w}}, use_ema=True)) == {"b"}
 
 
 def test_layer_scale_is_timms_and_keeps_the_key_names(reference_dir):

@@ -25,7 +25,7 @@ def test_param_groups_exclude_norms_biases_gammas(tiny_segret):
         assert all(n.startswith("decoder.") == name.startswith("head") for n in members)
     no_decay = no_decay_names(model)
     assert "decoder.fuse_norm.weight" in no_decay and "decoder.classifier.bias" in no_decay
-    assert "feature_norms.0.weight" in no_decay and "decoder.classifier.weight" not in no_decay
+    assert "decoder.levels.0.zir_norm.weight" in no_decay and "decoder.classifier.weight" not in no_decay
     # every trainable parameter is in exactly one group
     total = sum(len(g["params"]) for g in groups.values())
     assert total == sum(1 for p in model.parameters() if p.requires_grad)

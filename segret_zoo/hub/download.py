@@ -1,8 +1,8 @@
-"""Where weights come from: Hub repo id, Hub cache, local folder or file, and the checked download.
+"""The checked Hub download: the Hugging Face cache first, fast failure offline, the weights manifest.
 
-One place decides this so that every entry point (factory, ``from_pretrained``, torch.hub, CLI) fails
-the same way: fast when the Hub is unreachable, and with a message that names the repo, the file and
-how to supply it locally. Downloads are checked against the weights manifest. Knows no model names.
+Every Hub file any entry point reads comes through :func:`hub_download` (called by
+:mod:`segret_zoo.hub.sources`), so all fail the same way: fast when the Hub is unreachable, and with
+a message that names the repo, the file and how to supply it locally. Knows no model names.
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import inspect
 import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -29,17 +28,6 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Seconds to wait for the Hub to answer the first (metadata) request; no retries follow.
 HUB_TIMEOUT_ENV = "SEGRET_ZOO_HUB_TIMEOUT"
 DEFAULT_HUB_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class ResolvedSource:
-    """Where a checkpoint's files are on local disk, and where they came from (for messages)."""
-
-    weights: Path
-    config: Optional[Path]
-    description: str
-    repo_id: Optional[str] = None
-    revision: Optional[str] = None
 
 
 # ------------------------------------------------------------------------------------ the Hub
@@ -80,23 +68,19 @@ def parse_hub_name(name: str) -> Tuple[str, Optional[str]]:
     return name, revision
 
 
-def _how_to_supply(repo_id: str, filename: str, revision: Optional[str]) -> str:
-    rev = f" (revision {revision})" if revision else ""
-    return (
-        f"It needs {filename} from the Hub repo {repo_id}{rev}. To use a local copy instead: pass "
-        f"checkpoint_path='/path/to/{filename}' to create_model (or give from_pretrained a folder or file); "
-        f"or put the repo in the Hugging Face cache (HF_HUB_CACHE, e.g. with `hf download {repo_id}` on a "
-        "machine that has network, then copy the cache) and set HF_HUB_OFFLINE=1; RMT ImageNet weights "
-        "come from the official RMT release converted with `segret-zoo convert-rmt IN.pth OUT_DIR`."
-    )
+def _how_to_supply(repo_id: str, advice: Optional[str]) -> str:
+    local = advice or ("To use a local copy instead, give its folder or file where you gave the repo id "
+                       "(from_pretrained('/path/to/folder'); command line: --model /path/to/folder).")
+    return (f"{local} Or put the repo in the Hugging Face cache (`hf download {repo_id}` on a machine with "
+            "network, then copy the cache) and set HF_HUB_OFFLINE=1.")
 
 
 def _published_note(repo_id: str, filename: str) -> str:
     entry = find_entry(repo_id, filename)
     if entry is not None and entry.get("status") != "published":
         return (
-            f" Note: weights/manifest.json lists {entry.get('name')} as {entry.get('status')}: these weights "
-            "are not on the Hub yet (see weights/README.md)."
+            f"These weights ({entry.get('name')}) are not on the Hub yet: weights/manifest.json lists them as "
+            f"{entry.get('status')} (see weights/README.md). "
         )
     return ""
 
@@ -117,6 +101,7 @@ def hub_download(
     required: bool = True,
     force_download: bool = False,
     local_files_only: bool = False,
+    advice: Optional[str] = None,
 ) -> Optional[Path]:
     """Path of a Hub file in the local cache, downloading it if needed; fails within seconds offline.
 
@@ -125,6 +110,8 @@ def hub_download(
     timeout and no retries decides whether the Hub is reachable before the real download starts.
     With ``required=False`` a file the repo does not have gives ``None`` (optional ``config.json``).
     ``local_files_only`` (huggingface_hub's argument) reads the cache only, as offline does.
+    ``advice`` replaces the default "how to supply a local copy" sentence (a caller whose users type
+    something else, e.g. timm's ``pretrained_cfg_overlay``); the Hub-cache alternative always follows.
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.utils import (
@@ -135,6 +122,8 @@ def hub_download(
     )
 
     where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
+    how = _how_to_supply(repo_id, advice)
+    note = _published_note(repo_id, filename)
     cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     cached_path = Path(cached) if isinstance(cached, str) else None
     if is_offline() or local_files_only:
@@ -145,8 +134,7 @@ def hub_download(
         why = "HF_HUB_OFFLINE is set" if is_offline() else "local_files_only=True"
         raise WeightsNotFoundError(
             f"cannot load {where}: {why} and the file is not in the Hugging Face cache "
-            f"({cache_dir or _default_cache()}). " + _how_to_supply(repo_id, filename, revision)
-            + _published_note(repo_id, filename)
+            f"({cache_dir or _default_cache()}). " + note + how
         )
     if cached is not None and cached_path is None and not required:  # cached "does not exist"
         return None
@@ -160,14 +148,13 @@ def hub_download(
             return None
         raise WeightsNotFoundError(
             f"the Hub repo {repo_id} has no file {filename}" + (f" at revision {revision}" if revision else "")
-            + ". " + _how_to_supply(repo_id, filename, revision)
+            + ". " + how
         ) from err
     except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as err:
         kind = type(err).__name__.replace("Error", "")
         raise WeightsNotFoundError(
             f"cannot download {where} ({kind}: the repo or revision does not exist, or it is private/gated "
-            "and needs token=...). " + _how_to_supply(repo_id, filename, revision)
-            + _published_note(repo_id, filename)
+            "and needs token=...). " + note + how
         ) from err
     except Exception as err:  # network down, DNS, timeout, proxy, HTTP 5xx/401 (HfHubHTTPError)
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}"
@@ -176,8 +163,7 @@ def hub_download(
             return _verified(cached_path, repo_id, filename, revision)
         raise WeightsNotFoundError(
             f"cannot download {where}: no usable answer from the Hugging Face Hub within {timeout:g}s "
-            f"({reason}) and the file is not in the local cache. " + _how_to_supply(repo_id, filename, revision)
-            + _published_note(repo_id, filename)
+            f"({reason}) and the file is not in the local cache. " + note + how
         ) from err
     path = hf_hub_download(
         repo_id, filename, revision=revision, cache_dir=cache_dir, token=token, etag_timeout=timeout,
@@ -243,64 +229,3 @@ def _verified(path: Path, repo_id: str, filename: str, revision: Optional[str]) 
         except ValueError as err:
             raise CheckpointError(str(err)) from err
     return path
-
-
-# ------------------------------------------------------------------------------ local sources
-def _find_weights_in_dir(folder: Path) -> Path:
-    for name in (WEIGHTS_NAME, TORCH_WEIGHTS_NAME):
-        if (folder / name).is_file():
-            return folder / name
-    candidates = sorted(folder.glob("*.safetensors"))
-    if len(candidates) == 1:
-        return candidates[0]
-    listing = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-    raise WeightsNotFoundError(
-        f"{folder} has no {WEIGHTS_NAME} (it holds: {listing}); point to a folder written by "
-        "save_pretrained / `segret-zoo convert-rmt`, or to the weights file itself"
-    )
-
-
-def resolve_source(
-    source: PathLike,
-    *,
-    revision: Optional[str] = None,
-    cache_dir: Optional[PathLike] = None,
-    token: Optional[Union[str, bool]] = None,
-    force_download: bool = False,
-    local_files_only: bool = False,
-) -> ResolvedSource:
-    """A Hub repo id (``org/name``, ``hf-hub:org/name[@rev]``), a local folder or a weights file -> files.
-
-    A path that exists wins over a repo id of the same spelling, as in transformers.
-    """
-    text = os.fspath(source)
-    path = Path(text).expanduser()
-    if not text.startswith(HF_HUB_PREFIX) and path.exists():
-        if path.is_dir():
-            weights = _find_weights_in_dir(path)
-            config = path / CONFIG_NAME
-            return ResolvedSource(weights, config if config.is_file() else None, str(path))
-        config = path.parent / CONFIG_NAME
-        return ResolvedSource(path, config if config.is_file() else None, str(path))
-    looks_local = text.startswith((".", "/", "~")) or text.endswith((".safetensors",) + TORCH_SUFFIXES)
-    if looks_local or text.count("/") > 1 or ("/" not in text and not text.startswith(HF_HUB_PREFIX)):
-        raise WeightsNotFoundError(
-            f"{text!r} is neither an existing file or folder nor a Hub repo id ('org/name' or 'hf-hub:org/name')"
-        )
-    repo_id, name_revision = parse_hub_name(text)
-    if revision is not None and name_revision is not None and revision != name_revision:
-        raise ValueError(f"revision given twice: {name_revision!r} in {text!r} and revision={revision!r}")
-    revision = revision or name_revision
-    kw: Dict[str, Any] = dict(revision=revision, cache_dir=cache_dir, token=token, force_download=force_download,
-                              local_files_only=local_files_only)
-    try:
-        weights = hub_download(repo_id, WEIGHTS_NAME, **kw)
-    except WeightsNotFoundError as err:
-        if text.startswith(HF_HUB_PREFIX):
-            raise
-        raise WeightsNotFoundError(f"{err} (No local file or folder named {text!r} exists either.)") from err
-    assert weights is not None
-    config = hub_download(repo_id, CONFIG_NAME, required=False, **kw)
-    return ResolvedSource(weights, config, f"{repo_id}" + (f"@{revision}" if revision else ""), repo_id, revision)
-
-

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from segret_zoo.files import write_json_atomic
-from segret_zoo.settings import hf_org
+from segret_zoo.settings import is_zoo_repo
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -74,7 +74,7 @@ def find_entry(
         if repo_id == hub_id or (
             repo_id is not None
             and "/" in repo_id
-            and repo_id.split("/", 1)[0] == hf_org()
+            and is_zoo_repo(repo_id)
             and _repo_name(repo_id) == _repo_name(hub_id)
         ):
             return entry

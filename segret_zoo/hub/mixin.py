@@ -35,15 +35,17 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
 from segret_zoo.errors import CheckpointError
 from segret_zoo.files import write_files_atomic
-from segret_zoo.hub.download import CONFIG_NAME, README_NAME, TORCH_WEIGHTS_NAME, WEIGHTS_NAME, resolve_source
-from segret_zoo.hub.weights import load_checkpoint_into, read_config, read_state_dict
+from segret_zoo.hub.download import CONFIG_NAME, README_NAME, TORCH_WEIGHTS_NAME, WEIGHTS_NAME
+from segret_zoo.hub.sources import resolve_source
+from segret_zoo.hub.weights import convert_layout, load_weights, read_checkpoint, read_config
 from segret_zoo.version import __version__
 
 PathLike = Union[str, "os.PathLike[str]"]
 T = TypeVar("T", bound="HubMixin")
 
 LIBRARY_NAME = "segret-zoo"
-FORMAT_VERSION = 1
+# 2: SegRet as its authors released it (1 was this project's earlier design, which no longer loads)
+FORMAT_VERSION = 2
 # keys config.json adds around the model's own `config` (removed again before `from_config`)
 _HUB_KEYS = ("library_name", "segret_zoo_version", "format_version", "label2id", "pretrained_cfg",
              "preprocessing", "evaluation")
@@ -143,6 +145,11 @@ labels = seg("image.jpg")               # H x W class indices at the image size
 {% if paper %}
 {{ paper }}
 {% endif %}
+{% if source_note %}
+## Source
+
+{{ source_note }}
+{% endif %}
 ## Citation
 
 {{ citation }}
@@ -181,7 +188,13 @@ def _card_fields(config: Dict[str, Any], repo_id: Optional[str]) -> Dict[str, An
                    "No metrics have been measured for these weights (see `segret-zoo eval`).",
         "paper": (f"For reference, the SegRet paper reports {paper.get('single_scale')} mIoU single-scale and "
                   f"{paper.get('multi_scale_flip')} multi-scale with flip for {arch} on {dataset}: these are the "
-                  "paper's figures, not measurements of these weights.") if paper else "",
+                  "paper's figures" + (", for the authors' training of this model; segret-zoo has not measured "
+                                       "these weights." if cfg.get("converted_from") else
+                                       ", not measurements of these weights.")) if paper else "",
+        "source_note": (f"Weights: {cfg['converted_from']}. The architecture is the released code's "
+                        "(its parameter counts are the paper's table), so the weights load unchanged but for "
+                        "key names; the unused `decode_head.conv_seg` was dropped.")
+                       if cfg.get("converted_from") else "",
         "citation": CITATION_BIBTEX,
     }
 
@@ -268,6 +281,8 @@ class HubMixin(
     id2label: Optional[Dict[int, str]]
     #: config.json keys and the JSON types they must have (a model class fills it; checked on load)
     CONFIG_TYPES: ClassVar[Dict[str, Tuple[type, ...]]] = {}
+    #: what a config.json of an older format_version was, and what to do instead (a model class fills it)
+    OLD_FORMAT_NOTE: ClassVar[str] = "it was written by an older segret-zoo whose models this version does not build"
 
     # ---------------------------------------------------------------- saving
     def hub_config(self) -> Dict[str, Any]:
@@ -426,8 +441,10 @@ class HubMixin(
         """
         version = config.get("format_version", FORMAT_VERSION)
         if isinstance(version, int) and version > FORMAT_VERSION:
-            raise CheckpointError(f"config.json has format_version {version}: it was written by a newer "
+            raise CheckpointError(f"{source} has format_version {version}: it was written by a newer "
                                   "segret-zoo; upgrade with `pip install -U segret-zoo`")
+        if isinstance(version, int) and version < FORMAT_VERSION:
+            raise CheckpointError(f"{source} cannot be loaded (format_version {version}): {cls.OLD_FORMAT_NOTE}")
         arch = str(config.get("architecture") or (config.get("pretrained_cfg") or {}).get("architecture") or "")
         if arch.startswith("rmt_"):
             raise CheckpointError(
@@ -491,16 +508,17 @@ class HubMixin(
         """The mixin's loading hook, on this project's resolution (checked downloads, bare files)."""
         src = resolve_source(model_id, revision=revision, cache_dir=cache_dir, token=token,
                              force_download=force_download, local_files_only=local_files_only)
-        state_dict = read_state_dict(src.weights)
+        checkpoint = read_checkpoint(src.weights)
         if src.config is not None:
             config = read_config(src.config)
             where = str(src.config) if src.repo_id is None else f"{src.description}/{CONFIG_NAME}"
         else:
-            config = cls.config_from_state_dict(state_dict, source=src.description)
+            config = cls.config_from_state_dict(checkpoint.state_dict, source=src.description, meta=checkpoint.meta)
             where = src.description
         model = cls.from_hub_config(config, num_classes=num_classes, id2label=id2label, source=where, **overrides)
         new_classifier = num_classes is not None  # an explicit count is the user asking for it
-        load_checkpoint_into(model, state_dict, source=src.description, new_classifier=new_classifier)  # type: ignore[arg-type]
+        load_weights(model, checkpoint.state_dict, source=src.description,  # type: ignore[arg-type]
+                     new_classifier=new_classifier)
         if src.repo_id is not None:
             model.pretrained_cfg.update(hf_hub_id=src.repo_id, hf_hub_filename=WEIGHTS_NAME,
                                         hf_hub_revision=src.revision)
@@ -509,14 +527,24 @@ class HubMixin(
         return model
 
     @classmethod
-    def infer_config(cls, state_dict: Dict[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
-        """A model class that can recognise its configuration from tensor shapes overrides this."""
+    def infer_config(cls, state_dict: Dict[str, torch.Tensor],
+                     meta: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+        """A model class that can recognise its configuration from tensor shapes (in its own layout) overrides this."""
         return None
 
     @classmethod
-    def config_from_state_dict(cls, state_dict: Dict[str, torch.Tensor], *, source: str) -> Dict[str, Any]:
-        """A config for a bare weights file without config.json (from :meth:`infer_config`)."""
-        config = cls.infer_config(state_dict)
+    def config_from_state_dict(cls, state_dict: Dict[str, torch.Tensor], *, source: str,
+                               meta: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """A config for a bare weights file without config.json: its layout converted by one of the
+        class's ``checkpoint_layouts()``, then :meth:`infer_config`."""
+        get_layouts = getattr(cls, "checkpoint_layouts", None)
+        layouts = get_layouts() if callable(get_layouts) else {}
+        converted = convert_layout(state_dict, layouts)[1] if layouts else state_dict
+        if converted is None:
+            hint = getattr(cls, "describe_checkpoint", lambda _s: None)(state_dict)
+            raise CheckpointError(f"{source} is not a SegRet checkpoint" + (f": {hint}" if hint else
+                                  f" (its keys match none of the layouts it reads: {', '.join(layouts)})"))
+        config = cls.infer_config(converted, meta)
         if config is None:
             raise CheckpointError(
                 f"{source} has no config.json beside it and its shapes match no registered SegRet variant: "

@@ -1,10 +1,11 @@
-"""Reading checkpoint files and checking a state dict against a model before it is loaded.
+"""How weights enter a model: reading checkpoint files safely, converting their layout, checking, loading.
 
 PyTorch files are read by :func:`load_torch_file` (``weights_only=True`` and an allowlist: a checkpoint
 never runs code on load); a training checkpoint's weights are taken from its container (``model``,
-``state_dict``, ...). A state dict that does not fit is never half-loaded: the error lists missing, unexpected and mismatched keys, plus a
-hint from the model itself (``checkpoint_mismatch_hint``) when it can tell what the file is for.
-Knows no model names.
+``state_dict``, ...) here and nowhere else. :func:`load_weights` is the one loader: the model class
+names the layouts it reads (one filter function each), its classifier and what a stranger checkpoint
+is, through a small protocol (see "into a model" below); a state dict that does not fit is never
+half-loaded. Knows no model names.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pickle
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -51,13 +53,15 @@ def _sniff_format(path: Path) -> str:
 
 def unwrap_checkpoint(obj: Any, use_ema: bool = False) -> Dict[str, torch.Tensor]:
     """The tensors inside a checkpoint container (``model``/``model_ema``/``state_dict``, or bare),
-    without a DistributedDataParallel ``module.`` prefix."""
+    without DistributedDataParallel's ``module.`` or torch.compile's ``_orig_mod.`` prefixes (timm's
+    ``clean_state_dict``). The one place a checkpoint is unwrapped."""
+    from timm.models._helpers import clean_state_dict
+
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"expected a state dict (name -> tensor), found {type(obj).__name__}")
     keys = ("model_ema", "model", "state_dict") if use_ema else ("model", "state_dict", "model_ema")
     state: Mapping[str, Any] = next((obj[k] for k in keys if isinstance(obj.get(k), Mapping)), obj)
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()
-            if isinstance(v, torch.Tensor)}
+    return clean_state_dict({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
 
 
 def _numpy_globals() -> List[Any]:
@@ -154,8 +158,17 @@ def _restore_aliases(path: Path, tensors: Dict[str, torch.Tensor]) -> Dict[str, 
     return tensors
 
 
-def read_state_dict(path: PathLike, use_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """All tensors of a ``.safetensors`` or PyTorch checkpoint file, on the CPU.
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file's weights, and the metadata that came with them (an mmsegmentation
+    checkpoint's ``meta``: ``CLASSES``, ``PALETTE``, config text; empty for safetensors)."""
+
+    state_dict: Dict[str, torch.Tensor]
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+def read_checkpoint(path: PathLike, use_ema: bool = False) -> Checkpoint:
+    """All tensors of a ``.safetensors`` or PyTorch checkpoint file, on the CPU, with its metadata.
 
     PyTorch files go through :func:`load_torch_file` (never runs code). A training checkpoint's
     weights are taken from ``model`` (``model_ema`` first with ``use_ema``) or ``state_dict``.
@@ -167,13 +180,20 @@ def read_state_dict(path: PathLike, use_ema: bool = False) -> Dict[str, torch.Te
         from safetensors.torch import load_file
 
         try:
-            return _restore_aliases(path, load_file(str(path)))
+            return Checkpoint(_restore_aliases(path, load_file(str(path))))
         except Exception as err:  # SafetensorError (bad header, short file), JSON / UTF-8 errors
             raise CheckpointError(
                 f"{path} is not a valid safetensors file (truncated or corrupted): {_redownload_hint(path)}. "
                 f"Reader said: {err}"
             ) from err
-    return unwrap_checkpoint(load_torch_file(path), use_ema)
+    obj = load_torch_file(path)
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    return Checkpoint(unwrap_checkpoint(obj, use_ema), dict(meta) if isinstance(meta, Mapping) else {})
+
+
+def read_state_dict(path: PathLike, use_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """The tensors of :func:`read_checkpoint`."""
+    return read_checkpoint(path, use_ema).state_dict
 
 
 def read_config(path: PathLike) -> Dict[str, Any]:
@@ -187,20 +207,38 @@ def read_config(path: PathLike) -> Dict[str, Any]:
     return config
 
 
-# ------------------------------------------------------------------------------ matching keys
+# ------------------------------------------------------------------------------ into a model
+# What a model class offers the loader (all optional; timm models work through get_classifier()):
+#   checkpoint_layouts() -> {name: filter(state_dict, model) -> state_dict in its layout, or None}
+#   classifier_keys() -> the keys a new num_classes replaces
+#   checkpoint_mismatch_hint(state_dict) -> one line saying what a checkpoint that does not fit is
+#   prepare_for_checkpoint(state_dict) -> switch the model's module layout to the checkpoint's (folded)
+Layouts = Mapping[str, Callable[[Mapping[str, torch.Tensor], Optional[nn.Module]], Optional[Dict[str, torch.Tensor]]]]
+
+
+def convert_layout(state_dict: Mapping[str, torch.Tensor], layouts: Layouts,
+                   model: Optional[nn.Module] = None) -> Tuple[Optional[str], Optional[Dict[str, torch.Tensor]]]:
+    """(name, converted) from the first layout filter that recognises ``state_dict``; (None, None) if none does."""
+    for name, layout in layouts.items():
+        converted = layout(state_dict, model)
+        if converted is not None:
+            return name, converted
+    return None, None
+
+
 def classifier_keys(model: nn.Module) -> List[str]:
     """State-dict keys of the final classifier (the only ones a new ``num_classes`` may replace).
 
-    Found through timm's ``get_classifier()`` or ``pretrained_cfg["classifier"]``, else SegRet's
-    ``decoder.classifier``.
+    The model's own ``classifier_keys()``, else timm's ``get_classifier()`` / ``pretrained_cfg["classifier"]``.
     """
+    own = getattr(model, "classifier_keys", None)
+    if callable(own):
+        return list(own())
     get = getattr(model, "get_classifier", None)
     module = get() if callable(get) else None
     name = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
     if module is None and name:
         module = model.get_submodule(name)
-    if module is None:
-        module = getattr(getattr(model, "decoder", None), "classifier", None)
     prefix = next((n for n, m in model.named_modules() if m is module), None) if module is not None else None
     if not prefix:
         return []
@@ -213,6 +251,21 @@ def _short(keys: Iterable[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "") if keys else "none"
 
 
+def _module_kind(key: str) -> str:
+    """``stages.0.blocks.1.mlp.fc1.weight`` -> ``stages.*.blocks.*.mlp.fc1``: what kind of module holds a key."""
+    return ".".join("*" if p.isdigit() else p for p in key.split(".")[:-1]) or key
+
+
+def summarize_keys(keys: Iterable[str]) -> str:
+    """``stages.0.blocks.1.mlp.dwconv.weight`` ... as ``stages.*.blocks.*.mlp.dwconv (24 tensors)``: a
+    list of dropped or missing keys that fits one line."""
+    groups: Dict[str, int] = {}
+    for key in keys:
+        module = _module_kind(key)
+        groups[module] = groups.get(module, 0) + 1
+    return ", ".join(f"{m} ({n} tensor{'s' if n > 1 else ''})" for m, n in groups.items()) or "nothing"
+
+
 def _model_hint(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     """What the model itself can tell about a checkpoint that does not fit it (e.g. its variant)."""
     hook = getattr(model, "checkpoint_mismatch_hint", None)
@@ -223,32 +276,35 @@ def _model_label(model: nn.Module) -> str:
     return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
 
 
-def _looks_like_backbone_only(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> bool:
-    """An RMT ImageNet or backbone-only checkpoint passed where a full SegRet one was expected."""
-    own_top = {k.split(".", 1)[0] for k in model.state_dict()} - {"encoder"}
-    ckpt_top = {k.split(".", 1)[0] for k in state_dict}
-    return bool(state_dict) and not (own_top & ckpt_top)
-
-
 def match_state_dict(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
     *,
     source: str = "checkpoint",
     new_classifier: bool = False,
-) -> Dict[str, torch.Tensor]:
-    """Check a full-model checkpoint against ``model`` and return what to load.
+    allow_unexpected: bool = False,
+) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Check a state dict (in the model's layout) against ``model``; returns what to load and what was dropped.
 
     A classifier of another width is dropped (with a warning naming its keys) only with
     ``new_classifier=True``, i.e. when the user asked for another ``num_classes`` (fine-tuning);
     otherwise it is an error naming both class counts, so a random classifier never stands in for
-    a trained one. Every other difference is an error listing missing, unexpected and mismatched
-    keys, so a wrong checkpoint is never half-loaded.
+    a trained one. ``allow_unexpected`` drops keys the model has no place for (a backbone
+    initialisation, which leaves the ImageNet head behind). Every other difference is an error
+    listing missing, unexpected and mismatched keys, so a wrong checkpoint is never half-loaded.
     """
     own = model.state_dict()
-    state = dict(state_dict)
+    given = state = dict(state_dict)
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
+    dropped: List[str] = []
+    if allow_unexpected and unexpected:
+        # only parts the model has no kind of module for (an FFN conv, a head); an extra block of a
+        # kind the model has means another variant, which must not be loaded truncated
+        kinds = {_module_kind(k) for k in own}
+        dropped = [k for k in unexpected if _module_kind(k) not in kinds]
+        unexpected = [k for k in unexpected if k not in dropped]
+        state = {k: v for k, v in state.items() if k not in dropped}
     mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     head = set(classifier_keys(model))
     if not missing and not unexpected and mismatched and set(mismatched) <= head:
@@ -267,13 +323,10 @@ def match_state_dict(
             UserWarning,
             stacklevel=3,
         )
-        return {k: v for k, v in state.items() if k not in head}
+        return {k: v for k, v in state.items() if k not in head}, dropped
     if not missing and not unexpected and not mismatched:
-        return state
-    hint = _model_hint(model, state)
-    if hint is None and _looks_like_backbone_only(model, state):
-        hint = ("this looks like an RMT backbone (ImageNet or segmentation-backbone) checkpoint, not a SegRet "
-                "one: pass it as pretrained_backbone=PATH to create_model")
+        return state, dropped
+    hint = _model_hint(model, given)
     shapes = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}" for k in mismatched]
     raise CheckpointError(
         f"{source} does not fit {_model_label(model)}"
@@ -283,17 +336,38 @@ def match_state_dict(
     )
 
 
-def load_checkpoint_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str,
-                         new_classifier: bool = False) -> List[str]:
-    """Load a checked full-model state dict; returns the keys left at their initial values.
+def load_weights(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    layouts: Optional[Layouts] = None,
+    new_classifier: bool = False,
+    allow_unexpected: bool = False,
+) -> List[str]:
+    """The one way weights enter a model: convert the checkpoint's layout, check it, load it.
 
-    ``new_classifier``: the user asked for another class count, so a classifier of another width is
-    dropped rather than refused (see :func:`match_state_dict`). A checkpoint saved after
-    ``fuse_zir()`` holds the folded decoder: the model is folded to match.
+    ``layouts`` defaults to the model's ``checkpoint_layouts()``; a checkpoint none of them recognises
+    is refused in one line saying what it is (the model's ``checkpoint_mismatch_hint``) and what to
+    do. Then :func:`match_state_dict` checks it (``new_classifier`` / ``allow_unexpected`` as there)
+    and it is loaded. Returns the keys dropped from the checkpoint.
     """
-    decoder = getattr(model, "decoder", None)
-    if any(k.startswith("decoder.folded.") for k in state_dict) and not getattr(decoder, "fused", True):
-        model.fuse_zir()  # type: ignore[operator]
-    state = match_state_dict(model, state_dict, source=source, new_classifier=new_classifier)
-    result = model.load_state_dict(state, strict=False)
-    return list(result.missing_keys)
+    if layouts is None:
+        get_layouts = getattr(model, "checkpoint_layouts", None)
+        layouts = get_layouts() if callable(get_layouts) else {}
+    if layouts:
+        name, converted = convert_layout(state_dict, layouts, model)
+        if converted is None:
+            hint = _model_hint(model, state_dict)
+            raise CheckpointError(
+                f"{source} is not a checkpoint {_model_label(model)} can load: "
+                + (hint or f"its keys ({_short(sorted(state_dict), 4)}) match none of the layouts it reads "
+                           f"({', '.join(layouts)})"))
+        state_dict = converted
+    prepare = getattr(model, "prepare_for_checkpoint", None)
+    if callable(prepare):
+        prepare(state_dict)
+    state, dropped = match_state_dict(model, state_dict, source=source, new_classifier=new_classifier,
+                                      allow_unexpected=allow_unexpected)
+    model.load_state_dict(state, strict=False)
+    return dropped

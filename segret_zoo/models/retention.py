@@ -3,7 +3,7 @@
 Retention is softmax attention with two position terms:
 
 * a rotary "theta shift" of queries and keys, indexed by the token's row-major flat index
-  ``n = i * W + j``;
+  ``n = i * W + j`` (the ImageNet RMT; SegRet's released encoder has none: ``rotary=False``);
 * an additive, per-head decay bias ``lambda_h * (|i - i'| + |j - j'|)`` (the Manhattan distance),
   either over the whole map ("full" mode) or split into a row pass and a column pass
   ("decomposed" mode, the official code's ``chunkwise_recurrent``).
@@ -12,6 +12,27 @@ Both are exactly what :func:`torch.nn.functional.scaled_dot_product_attention` c
 mask, so that fused kernel does the work. The position tensors are not buffers: they are derived
 from the stage's config and the feature-map size once per forward and stage
 (:func:`retention_positions`) in the input's dtype and device, and shared by the stage's blocks.
+
+Which path runs when (the one table of it; the functions below say why each exists):
+
+=====================================  =====================================================================
+situation                              path
+=====================================  =====================================================================
+rotary shift, eager, float32/64        :func:`theta_shift_`: in-place complex product (rmt_* only)
+rotary shift, anything else            the same map with real tensors (scripted, traced, exported,
+                                       compiled; bf16/fp16)
+no rotary (SegRet)                     none: q and k enter as projected
+decomposed, eager or scripted          two SDPA calls over (B, H)- then (B, W)-major views, 1-D masks
+decomposed, compiled or exported       the same over (H, B)/(W, B)-major batches (no stride guards)
+full, CUDA, eager                      ``flex_attention`` (compiled once) with the decay as ``score_mod``
+full, CUDA, inside ``torch.compile``   ``flex_attention`` traced by dynamo (no mask)
+full, CPU, eager, float32, no autograd the compiled C++ kernel (:mod:`.cpu_kernel`, no mask); SDPA
+                                       below where it is off or cannot be built
+full, CPU, eager, otherwise            :func:`blocked_manhattan_attention` (training, bf16, float64):
+                                       whole mask, row-shift table views, or row by row, by size
+full, scripted/traced/exported/        one SDPA with the whole ``1 x N x L x L`` mask built from the
+compiled for CPU                       1-D tables (a graph every backend takes)
+=====================================  =====================================================================
 
 Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
 
@@ -90,8 +111,11 @@ def retention_positions(
         decomposed: bool,
         dtype: torch.dtype,
         device: torch.device,
+        rotary: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rotary tables and decay biases for one stage, computed in float32 and cast to ``dtype``.
+
+    Without ``rotary`` (SegRet's encoder has no theta shift) ``sin``/``cos`` are empty tensors.
 
     Returns ``(sin, cos, bias_a, bias_b)``. ``sin``/``cos`` are ``H x W x 1 x C/2`` (``C = num_heads *
     head_dim``), one value per channel pair of all heads, for the ``B x H x W x 2 x C`` stack of q and
@@ -103,11 +127,14 @@ def retention_positions(
     The float32 arithmetic follows the official
     code, so the tables are bit-identical to those its released weights were trained with.
     """
-    index = torch.arange(height * width, dtype=torch.float32, device=device)
-    phase = index[:, None] * _rotary_frequencies(head_dim, device)[None, :]  # HW x d/2
-    table = torch.stack((torch.cos(phase), torch.sin(phase)), dim=-1)  # HW x d/2 x 2
-    table = table.repeat(1, num_heads, 1).reshape(height, width, 1, num_heads * head_dim // 2, 2).to(dtype)
-    cos, sin = table.unbind(-1)
+    if rotary:
+        index = torch.arange(height * width, dtype=torch.float32, device=device)
+        phase = index[:, None] * _rotary_frequencies(head_dim, device)[None, :]  # HW x d/2
+        table = torch.stack((torch.cos(phase), torch.sin(phase)), dim=-1)  # HW x d/2 x 2
+        table = table.repeat(1, num_heads, 1).reshape(height, width, 1, num_heads * head_dim // 2, 2).to(dtype)
+        cos, sin = table.unbind(-1)
+    else:
+        sin = cos = torch.empty(0, dtype=dtype, device=device)
 
     decay = head_decays(num_heads, init_value, heads_range, device)[None, :, None, None]
     rows = torch.arange(height, dtype=torch.float32, device=device)
@@ -443,7 +470,8 @@ class ManhattanSelfAttention(nn.Module):
     (the official checkpoints' separate projections are concatenated on load), applied as two GEMMs
     on its row blocks: ``[q; k]`` (rotated in place) and ``v`` (dense for the depthwise ``lepe``
     conv). The key scale ``head_dim^-0.5`` is given to the attention kernel instead of multiplying
-    ``k``: the rotary shift is linear, so the result is the same.
+    ``k``: the rotary shift is linear, so the result is the same. ``rotary=False`` leaves out the
+    theta shift (SegRet's encoder): q and k enter the attention as projected.
     """
 
     def __init__(
@@ -451,6 +479,7 @@ class ManhattanSelfAttention(nn.Module):
             dim: int,
             num_heads: int,
             decomposed: bool,
+            rotary: bool = True,
             device=None,
             dtype=None,
     ) -> None:
@@ -460,10 +489,11 @@ class ManhattanSelfAttention(nn.Module):
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        if self.head_dim % 2:
+        if rotary and self.head_dim % 2:
             raise ValueError(f"head dim {self.head_dim} must be even for the rotary shift")
         self.scale = self.head_dim ** -0.5
         self.decomposed = decomposed
+        self.rotary = rotary
         self.qkv = nn.Linear(dim, dim * 3, **dd)
         self.lepe = nn.Conv2d(dim, dim, 5, padding=2, groups=dim, **dd)
         self.proj = nn.Linear(dim, dim, **dd)
@@ -484,7 +514,8 @@ class ManhattanSelfAttention(nn.Module):
         qk = F.linear(x, weight[:2 * C], bias[:2 * C]).unflatten(-1, (2, C))  # B x H x W x 2 x C
         v = F.linear(x, weight[2 * C:], bias[2 * C:])
         lepe = self.lepe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        qk = theta_shift_(qk, sin, cos)
+        if self.rotary:
+            qk = theta_shift_(qk, sin, cos)
         q, k = qk.unflatten(-1, (N, d)).unbind(3)  # B x H x W x N x d views
         v = v.unflatten(-1, (N, d))
 

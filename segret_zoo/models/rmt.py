@@ -9,26 +9,26 @@ Registered with timm on ``import segret_zoo``: ``rmt_t``, ``rmt_s``, ``rmt_b``, 
 ``checkpoint_filter_fn`` converts the official checkpoints (classification ``.pth`` and the
 mmsegmentation backbone) into this layout losslessly.
 """
+import os
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx
 import torch.nn.functional as F
-from huggingface_hub.errors import EntryNotFoundError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerScale, register_notrace_function
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import FeatureGetterNet, feature_take_indices
-from timm.models._helpers import clean_state_dict
 from torch import nn
 
-from segret_zoo.errors import WeightsNotFoundError
+from segret_zoo.errors import CheckpointError, WeightsNotFoundError
 from segret_zoo.models.retention import ManhattanSelfAttention, head_decays, retention_positions
-from segret_zoo.settings import DEFAULT_HF_ORG, hf_org
+from segret_zoo.settings import DEFAULT_HF_ORG
 
-__all__ = ["RMT", "RMT_CONFIGS", "checkpoint_filter_fn", "remap_official_state_dict", "infer_rmt_variant"]
+__all__ = ["RMT", "RMT_CONFIGS", "checkpoint_filter_fn", "remap_official_state_dict", "infer_rmt_variant",
+           "rmt_checkpoint_layouts", "as_rmt_state"]
 
 # The four variants of the RMT paper (widths, depths, heads, decay ranges, MLP ratios), as in the
 # official code. `decomposed`: per stage, row/column retention (official "chunkwise_recurrent").
@@ -177,19 +177,20 @@ class Downsample(nn.Module):
 
 
 class ConvFFN(nn.Module):
-    """fc1 -> GELU -> (+ depthwise 3x3 conv) -> fc2."""
+    """fc1 -> GELU -> (+ depthwise 3x3 conv) -> fc2; without ``dwconv`` a plain MLP (SegRet's encoder)."""
 
-    def __init__(self, dim: int, hidden_dim: int, device=None, dtype=None) -> None:
+    def __init__(self, dim: int, hidden_dim: int, dwconv: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.fc1 = nn.Linear(dim, hidden_dim, **dd)
-        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, 1, 1, groups=hidden_dim, **dd)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, 1, 1, groups=hidden_dim, **dd) if dwconv else None
         self.fc2 = nn.Linear(hidden_dim, dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _gelu(self.fc1(x))
-        # the conv's fresh output takes the residual in place (conv keeps no output for backward)
-        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).add_(x)  # permutes are views
+        if self.dwconv is not None:
+            # the conv's fresh output takes the residual in place (conv keeps no output for backward)
+            x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).add_(x)  # permutes are views
         return self.fc2(x)
 
 
@@ -204,6 +205,8 @@ class RetBlock(nn.Module):
             decomposed: bool,
             drop_path: float = 0.0,
             layer_scale_init: Optional[float] = None,
+            use_rot_pos_emb: bool = True,
+            use_mlp_dwconv: bool = True,
             device=None,
             dtype=None,
     ) -> None:
@@ -211,11 +214,11 @@ class RetBlock(nn.Module):
         dd = {"device": device, "dtype": dtype}
         self.cpe = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim, **dd)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
-        self.attn = ManhattanSelfAttention(dim, num_heads, decomposed, **dd)
+        self.attn = ManhattanSelfAttention(dim, num_heads, decomposed, use_rot_pos_emb, **dd)
         # timm's LayerScale: per-channel ``gamma`` (only on the layer-scale stages of rmt_b / rmt_l)
         self.ls1 = LayerScale(dim, layer_scale_init, **dd) if layer_scale_init is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
-        self.mlp = ConvFFN(dim, int(dim * mlp_ratio), **dd)
+        self.mlp = ConvFFN(dim, int(dim * mlp_ratio), use_mlp_dwconv, **dd)
         self.ls2 = LayerScale(dim, layer_scale_init, **dd) if layer_scale_init is not None else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
@@ -251,11 +254,14 @@ class RMTStage(nn.Module):
             drop_path: Sequence[float],
             layer_scale_init: Optional[float],
             downsample: bool,
+            use_rot_pos_emb: bool = True,
+            use_mlp_dwconv: bool = True,
             device=None,
             dtype=None,
     ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
+        self.use_rot_pos_emb = use_rot_pos_emb
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.init_value = float(init_value)
@@ -264,7 +270,8 @@ class RMTStage(nn.Module):
         self.grad_checkpointing = False
         self.downsample = Downsample(in_dim, dim, **dd) if downsample else nn.Identity()
         self.blocks = nn.ModuleList([
-            RetBlock(dim, num_heads, mlp_ratio, decomposed, drop_path[i], layer_scale_init, **dd)
+            RetBlock(dim, num_heads, mlp_ratio, decomposed, drop_path[i], layer_scale_init, use_rot_pos_emb,
+                     use_mlp_dwconv, **dd)
             for i in range(depth)
         ])
 
@@ -272,7 +279,7 @@ class RMTStage(nn.Module):
         x = self.downsample(x).permute(0, 2, 3, 1)  # a view: the memory is channels-last
         sin, cos, bias_a, bias_b = retention_positions(
             x.shape[1], x.shape[2], self.num_heads, self.head_dim, self.init_value, self.heads_range,
-            self.decomposed, x.dtype, x.device)
+            self.decomposed, x.dtype, x.device, self.use_rot_pos_emb)
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = torch.utils.checkpoint.checkpoint(block, x, sin, cos, bias_a, bias_b, use_reentrant=False)
@@ -353,7 +360,11 @@ def _device_dtype(module: nn.Module) -> Dict[str, Any]:
 
 
 class RMT(nn.Module):
-    """Vision RetNet encoder with the ImageNet head (timm model contract)."""
+    """Vision RetNet encoder with the ImageNet head (timm model contract).
+
+    ``use_rot_pos_emb`` (the rotary "theta shift" of queries and keys) and ``use_mlp_dwconv`` (the
+    depthwise conv inside each FFN) are on in the ImageNet RMT; SegRet's released encoder has both off.
+    """
 
     def __init__(
             self,
@@ -366,6 +377,8 @@ class RMT(nn.Module):
             layer_scale: Sequence[bool] = (False, False, False, False),
             init_values: Sequence[float] = (2, 2, 2, 2),
             layer_scale_init_value: float = 1e-6,
+            use_rot_pos_emb: bool = True,
+            use_mlp_dwconv: bool = True,
             head_hidden_size: int = 1024,
             in_chans: int = 3,
             num_classes: int = 1000,
@@ -399,7 +412,8 @@ class RMT(nn.Module):
             stages.append(RMTStage(
                 embed_dims[max(i - 1, 0)], embed_dims[i], depths[i], num_heads[i], init_values[i],
                 heads_ranges[i], mlp_ratios[i], bool(decomposed[i]), rates[start:start + depths[i]],
-                layer_scale_init_value if layer_scale[i] else None, downsample=i > 0, **dd))
+                layer_scale_init_value if layer_scale[i] else None, downsample=i > 0,
+                use_rot_pos_emb=use_rot_pos_emb, use_mlp_dwconv=use_mlp_dwconv, **dd))
             start += depths[i]
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -438,6 +452,12 @@ class RMT(nn.Module):
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head.fc
+
+    @torch.jit.ignore
+    def checkpoint_mismatch_hint(self, state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+        """'checkpoint is for rmt_s, the model is rmt_t' when the weights are another variant's."""
+        received, built = infer_rmt_variant(state_dict), describe_model(self)
+        return None if received == built else f"checkpoint is for {received}, the model is {built}"
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, reset_other: bool = False) -> None:
         self.num_classes = num_classes
@@ -514,18 +534,6 @@ _BLOCK_MAP = {
 }
 
 
-def unwrap_state_dict(checkpoint: Mapping[str, Any], use_ema: bool = False) -> Dict[str, torch.Tensor]:
-    """The weights inside a checkpoint file: under ``model``/``model_ema``/``state_dict``, or bare;
-    a DistributedDataParallel ``module.`` prefix is removed."""
-    state = checkpoint
-    keys = ("model_ema", "model", "state_dict") if use_ema else ("model", "state_dict", "model_ema")
-    for key in keys:
-        if isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    return clean_state_dict(dict(state))
-
-
 def is_official_layout(state_dict: Mapping[str, Any]) -> bool:
     return any(k.startswith(("patch_embed.", "layers.", "backbone.patch_embed.", "backbone.layers."))
                for k in state_dict)
@@ -537,8 +545,9 @@ def remap_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[st
     Accepts the classification checkpoint and the mmsegmentation backbone (``backbone.`` keys;
     other entries such as ``decode_head.*`` are dropped). Separate q/k/v projections are
     concatenated into ``attn.qkv``; ``gamma_*`` ``[1,1,1,C]`` become ``ls*.gamma`` ``[C]``;
-    ``extra_norms.i`` become ``feature_norms.i`` (used by SegRet); ``Relpos.*`` are dropped
-    (derived from the config; see :func:`check_relpos`).
+    ``extra_norms.i`` (the RMT segmentation backbone's per-stage norms, which no model here has)
+    become ``feature_norms.i``; ``Relpos.*`` are dropped (derived from the config; see
+    :func:`check_relpos`).
     """
     if any(k.startswith("backbone.") for k in state_dict):
         state_dict = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
@@ -591,8 +600,10 @@ def check_relpos(state_dict: Mapping[str, torch.Tensor], model: RMT) -> None:
         if stored is None:
             continue
         derived = head_decays(stage.num_heads, stage.init_value, stage.heads_range, stored.device)
-        if stored.shape != derived.shape or not torch.allclose(stored.float(), derived, atol=1e-6):
-            raise ValueError(
+        if stored.shape != derived.shape:  # another variant: the weights' shapes will say which
+            continue
+        if not torch.allclose(stored.float(), derived, atol=1e-6):
+            raise CheckpointError(
                 f"stage {i} decay in the checkpoint ({stored.tolist()}) differs from the model's "
                 f"({derived.tolist()}): the checkpoint was trained with other init_value/heads_range settings")
 
@@ -622,21 +633,56 @@ def describe_model(model: nn.Module) -> str:
     return f"an RMT with embed_dims={dims} depths={depths}"
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: RMT) -> Dict[str, torch.Tensor]:
+LayoutFilter = Callable[[Mapping[str, torch.Tensor], Optional[nn.Module]], Optional[Dict[str, torch.Tensor]]]
+
+
+def own_rmt_layout(state_dict: Mapping[str, torch.Tensor], model: Optional[nn.Module] = None
+                   ) -> Optional[Dict[str, torch.Tensor]]:
+    """This project's RMT layout (``stem.*``, ``stages.*``, ``head.*``), as it is; None for another layout."""
+    if not any(k.startswith(("stem.", "stages.")) for k in state_dict):
+        return None
+    return dict(state_dict)
+
+
+def official_rmt_layout(state_dict: Mapping[str, torch.Tensor], model: Optional[nn.Module] = None
+                        ) -> Optional[Dict[str, torch.Tensor]]:
+    """The official RMT checkpoints (classification, or an mmsegmentation backbone under ``backbone.``)
+    in this project's layout; the stored decays are checked against ``model``'s config when given."""
+    if not is_official_layout(state_dict):
+        return None
+    if model is not None:
+        check_relpos(state_dict, model)
+    return remap_official_state_dict(state_dict)
+
+
+def rmt_checkpoint_layouts() -> Dict[str, LayoutFilter]:
+    """The checkpoint layouts an RMT reads, each a filter ``(state_dict, model) -> state_dict or None``."""
+    return {"segret-zoo RMT": own_rmt_layout, "official RMT": official_rmt_layout}
+
+
+def as_rmt_state(state_dict: Mapping[str, torch.Tensor], model: Optional[nn.Module] = None
+                 ) -> Optional[Dict[str, torch.Tensor]]:
+    """``state_dict`` in this project's RMT layout, by the first layout that recognises it; None if none does."""
+    for layout in rmt_checkpoint_layouts().values():
+        converted = layout(state_dict, model)
+        if converted is not None:
+            return converted
+    return None
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: RMT) -> Dict[str, torch.Tensor]:
     """timm's pretrained filter: rename any supported checkpoint's keys to this model's layout.
 
-    Accepts the official classification checkpoint (dict under ``model``/``model_ema``, bare, under
-    ``state_dict``, ``module.``-prefixed), the official segmentation backbone (``backbone.`` keys)
-    and this project's layout. Entries no RMT module holds are dropped: the derived ``Relpos``
-    tables (after checking them against the model's config) and the segmentation-only
-    ``feature_norms`` / ``decode_head``. Whether the weights fit the model (a checkpoint of another
-    variant) is left to ``load_state_dict``; :func:`_create_rmt` names both variants when it does not.
+    Accepts the official classification checkpoint, the official segmentation backbone
+    (``backbone.`` keys) and this project's layout (timm's loaders have already taken the weights out
+    of their container). Entries no RMT module holds are dropped: the derived ``Relpos`` tables (after
+    checking them against the model's config) and the segmentation backbones' per-stage norms and
+    decode heads. Whether the weights fit the model (a checkpoint of another variant) is left to
+    ``load_state_dict``; :func:`_create_rmt` names both variants when it does not.
     """
-    state_dict = unwrap_state_dict(state_dict)
-    if is_official_layout(state_dict):
-        check_relpos(state_dict, model)
-        state_dict = remap_official_state_dict(state_dict)
-    return {k: v for k, v in state_dict.items() if not k.startswith("feature_norms.")}
+    converted = as_rmt_state(state_dict, model)
+    state = converted if converted is not None else dict(state_dict)
+    return {k: v for k, v in state.items() if not k.startswith("feature_norms.")}
 
 
 # ----------------------------------------------------------------------------------- creation
@@ -649,35 +695,46 @@ class RMTFeatures(FeatureGetterNet):
         self.model.set_grad_checkpointing(enable)
 
 
-_SOURCE_KEYS = ("file", "url", "state_dict", "hf_hub_id")
+# How this family's Hub weights are fetched: ``segret_zoo/__init__.py`` wires in the zoo's checked
+# download (segret_zoo.hub.sources.fetch_hub_file: cache first, fast failure offline, the weights
+# manifest, the mirror org). A family file knows no downloads, as in timm; without a fetcher timm downloads.
+_hub_fetcher: Optional[Callable[..., Any]] = None
 
 
-def _weights_source(variant: str, pretrained_cfg: Any, overlay: Optional[Dict[str, Any]]) -> Tuple[Dict[str, Any], str]:
-    """The overlay that points the registry's Hub repo at ``SEGRET_ZOO_HF_ORG`` (read now, so a mirror
-    set after import is used), and the Hub repo the weights will come from ("" when the caller gave
-    their own source: a file, url, state dict or Hub id, in the overlay or in ``pretrained_cfg``)."""
+def set_hub_fetcher(fetch: Optional[Callable[..., Any]]) -> None:
+    """``fetch(repo_id, filename, advice=...) -> local path`` for ``pretrained=True`` weights named by a
+    Hub id (``advice``: how a timm user supplies a local copy, for its error message)."""
+    global _hub_fetcher
+    _hub_fetcher = fetch
+
+
+def _local_weights(variant: str, pretrained_cfg: Any, overlay: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The overlay that makes timm load ``pretrained=True`` weights from a local file: a ``file=`` the
+    user gave is checked to exist, a Hub id is fetched through the zoo's download; a url or state dict
+    is left to timm."""
     overlay = dict(overlay or {})
-    if any(overlay.get(k) for k in _SOURCE_KEYS):
-        return overlay, ""
-    if pretrained_cfg is not None and not isinstance(pretrained_cfg, str):  # a cfg, not a tag
-        given = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else vars(pretrained_cfg)
-        if any(given.get(k) for k in _SOURCE_KEYS):
-            return overlay, ""
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg)
-    if not cfg.hf_hub_id or cfg.file or cfg.url or cfg.state_dict:
-        return overlay, ""
-    org, name = cfg.hf_hub_id.split("/", 1)
-    if org != DEFAULT_HF_ORG:
-        return overlay, cfg.hf_hub_id
-    overlay["hf_hub_id"] = f"{hf_org()}/{name}"
-    return overlay, overlay["hf_hub_id"]
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay)
+    if cfg.state_dict is not None or cfg.url:
+        return overlay
+    if cfg.file:
+        if not os.path.isfile(cfg.file):
+            raise WeightsNotFoundError(
+                f"pretrained_cfg_overlay file={cfg.file!r} does not exist: give the path of an official RMT "
+                "checkpoint (.pth) or of the model.safetensors written by `segret-zoo convert-rmt IN.pth OUT_DIR`")
+        return overlay
+    if not cfg.hf_hub_id or _hub_fetcher is None:
+        return overlay
+    advice = (f"To use the official RMT release instead: `segret-zoo convert-rmt RMT.pth OUT_DIR`, then "
+              f"timm.create_model('{variant}', pretrained=True, pretrained_cfg_overlay=dict(file='OUT_DIR/"
+              "model.safetensors')).")
+    overlay["file"] = str(_hub_fetcher(cfg.hf_hub_id, cfg.hf_hub_filename or "model.safetensors", advice=advice))
+    return overlay
 
 
 def _create_rmt(variant: str, pretrained: bool = False, **kwargs: Any) -> RMT:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    repo = ""
     if pretrained:
-        kwargs["pretrained_cfg_overlay"], repo = _weights_source(
+        kwargs["pretrained_cfg_overlay"] = _local_weights(
             variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
     variants: List[Tuple[str, str]] = []  # (checkpoint, model), named for a load_state_dict error
 
@@ -693,26 +750,18 @@ def _create_rmt(variant: str, pretrained: bool = False, **kwargs: Any) -> RMT:
             feature_cfg=dict(feature_cls=RMTFeatures, out_indices=out_indices),
             **kwargs,
         )
-    except (OSError, EntryNotFoundError) as err:
-        if not repo or variants:  # not a Hub download, or the download worked and loading failed
-            raise
-        unpublished = " (the zoo's RMT weights are not on the Hub yet)" if repo.startswith(f"{DEFAULT_HF_ORG}/") else ""
-        raise WeightsNotFoundError(
-            f"cannot fetch the {variant} weights from the Hugging Face Hub repo {repo} ({type(err).__name__})"
-            f"{unpublished}: convert the official checkpoint with `segret-zoo convert-rmt RMT.pth OUT_DIR` "
-            f"and pass pretrained_cfg_overlay=dict(file='OUT_DIR/model.safetensors') to timm.create_model") from err
     except RuntimeError as err:
         if not variants or variants[-1][0] == variants[-1][1] or "state_dict" not in str(err):
             raise
         detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
-        raise ValueError(f"checkpoint is for {variants[-1][0]} but the model is {variants[-1][1]}"
-                         + (f": {detail}" if detail else "")) from err
+        raise CheckpointError(f"checkpoint is for {variants[-1][0]} but the model is {variants[-1][1]}"
+                              + (f": {detail}" if detail else "")) from err
 
 
 def _cfg(variant: str, **kwargs: Any) -> Dict[str, Any]:
     return {
         "url": "",
-        # the org is replaced by SEGRET_ZOO_HF_ORG when the model is created (see _weights_source)
+        # the zoo's own org; a mirror (SEGRET_ZOO_HF_ORG) is applied where the weights are fetched
         "hf_hub_id": f"{DEFAULT_HF_ORG}/{variant}.in1k",
         "hf_hub_filename": "model.safetensors",
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),

@@ -1,4 +1,9 @@
-"""SegRet: RMT encoder + per-stage LayerNorm + ZIR decoder, and the zoo's variant / dataset tables."""
+"""SegRet as its authors released it: an RMT encoder (no theta shift, no FFN conv) and the ZIR decoder.
+
+The zoo's variant and dataset tables, the model class, and the checkpoint layouts it reads: this
+project's own and the official mmsegmentation 0.x checkpoints (``backbone.*`` / ``decode_head.*``,
+whose unused ``decode_head.conv_seg`` is dropped).
+"""
 from __future__ import annotations
 
 import copy
@@ -9,23 +14,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from segret_zoo.data.classes import DATASET_DEFAULTS, IMAGENET_MEAN, IMAGENET_STD, slide_stride
+from segret_zoo.errors import CheckpointError
 from segret_zoo.hub.mixin import HubMixin
-from segret_zoo.models.decoder import ZIRDecoder
+from segret_zoo.models.decoder import FoldedZIRDecoder, ZIRDecoder
 from segret_zoo.models.rmt import (
     RMT,
     RMT_CONFIGS,
     Downsample,
+    LayoutFilter,
     Stem,
-    check_relpos,
+    as_rmt_state,
     describe_model,
     infer_rmt_variant,
-    is_official_layout,
-    remap_official_state_dict,
-    unwrap_state_dict,
+    official_rmt_layout,
+    rmt_checkpoint_layouts,
 )
-from segret_zoo.settings import hf_org
+from segret_zoo.settings import DEFAULT_HF_ORG
 
-__all__ = ["SegRet", "SEGRET_VARIANTS", "PAPER_RESULTS", "default_pretrained_cfg", "segret_name_for_backbone"]
+__all__ = ["SegRet", "SEGRET_VARIANTS", "SEGRET_ENCODER_ARGS", "PAPER_RESULTS", "default_pretrained_cfg",
+           "segret_name_for_backbone"]
 
 # name -> backbone and decoder width (the SegRet paper's four sizes)
 SEGRET_VARIANTS: Dict[str, Dict[str, Any]] = {
@@ -34,6 +41,9 @@ SEGRET_VARIANTS: Dict[str, Dict[str, Any]] = {
     "segret_base": dict(backbone="rmt_b", decoder_channels=256),
     "segret_large": dict(backbone="rmt_l", decoder_channels=512),
 }
+
+# what SegRet's released encoder switches off in the ImageNet RMT (recorded in config.json)
+SEGRET_ENCODER_ARGS: Dict[str, Any] = dict(use_rot_pos_emb=False, use_mlp_dwconv=False)
 
 # mIoU (%) reported in the SegRet paper: single-scale / multi-scale+flip. Not measured by this project.
 PAPER_RESULTS: Dict[Tuple[str, str], Tuple[float, float]] = {
@@ -62,7 +72,8 @@ def default_pretrained_cfg(
     cfg: Dict[str, Any] = {
         "architecture": architecture,
         "tag": tag,
-        "hf_hub_id": f"{hf_org()}/{architecture.replace('_', '-')}-{tag}" if architecture and tag else None,
+        # the zoo's own org; a mirror (SEGRET_ZOO_HF_ORG) is applied where the weights are fetched
+        "hf_hub_id": f"{DEFAULT_HF_ORG}/{architecture.replace('_', '-')}-{tag}" if architecture and tag else None,
         "hf_hub_filename": "model.safetensors",
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
@@ -97,21 +108,118 @@ def _backbone_kwargs(backbone: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
     return dict(backbone)
 
 
+# ---------------------------------------------------------------------------- checkpoint layouts
+
+# the earlier design of this project (never published): per-stage LayerNorms and a decoder without BatchNorms
+_EARLIER_DESIGN_KEYS = ("feature_norms.", "decoder.linears.", "decoder.zir.", "decoder.folded.")
+EARLIER_DESIGN = (
+    "it was saved by an earlier segret-zoo (before 0.2) whose SegRet differed from the released one "
+    "(per-stage LayerNorms, a rotary theta shift and FFN convs in the encoder, no BatchNorm or ReLU per "
+    "decoder level), which this version no longer builds and no weights were ever published for: "
+    "retrain it with `segret-zoo train`, or load the authors' released checkpoints")
+
+
+def _own_layout(state: Mapping[str, torch.Tensor], model: Optional[nn.Module]) -> Optional[Dict[str, torch.Tensor]]:
+    """This project's layout (``encoder.*``, ``decoder.*``) as it is."""
+    if any(k.startswith(_EARLIER_DESIGN_KEYS) for k in state):
+        raise CheckpointError(f"this checkpoint cannot be loaded: {EARLIER_DESIGN}")
+    if not any(k.startswith("decoder.") for k in state) or not any(k.startswith("encoder.") for k in state):
+        return None
+    return dict(state)
+
+
+def _official_head(state: Mapping[str, torch.Tensor]) -> Optional[Dict[str, torch.Tensor]]:
+    """The released ``SegFormerHeadWithRes`` keys in this project's layout, or None for another head."""
+    head = {k[len("decode_head."):]: v for k, v in state.items() if k.startswith("decode_head.")}
+    if "linear_c1.zeroLayer.conv.weight" not in head:
+        return None
+    out: Dict[str, torch.Tensor] = {}
+    for key, value in head.items():
+        parts = key.split(".")
+        if parts[0] == "conv_seg":  # mmseg's base-head classifier, unused by SegRet's output
+            continue
+        if parts[0].startswith("linear_c") and parts[0][-1].isdigit():
+            level = f"decoder.levels.{int(parts[0][-1]) - 1}"
+            if parts[1] == "proj":  # a token-wise Linear: C x d -> a 1x1 conv's C x d x 1 x 1
+                out[f"{level}.linear.{parts[2]}"] = value[:, :, None, None] if parts[2] == "weight" else value
+                continue
+            if parts[1] == "zeroLayer" and parts[2] in ("conv", "bn"):
+                out[f"{level}.zir_{'conv' if parts[2] == 'conv' else 'norm'}.{parts[3]}"] = value
+                continue
+        elif parts[0] == "linear_fuse" and parts[1] in ("conv", "bn"):
+            out[f"decoder.fuse_{'conv' if parts[1] == 'conv' else 'norm'}.{parts[2]}"] = value
+            continue
+        elif parts[0] == "linear_pred":
+            out[f"decoder.classifier.{parts[1]}"] = value
+            continue
+        return None  # a key SegRet's head does not have: another decode head
+    return out
+
+
+def _official_segret_layout(state: Mapping[str, torch.Tensor],
+                            model: Optional[nn.Module]) -> Optional[Dict[str, torch.Tensor]]:
+    """The authors' released checkpoints (``backbone.*`` official RMT keys, ``decode_head.*``)."""
+    head = _official_head(state)
+    if head is None:
+        return None
+    encoder = _official_segret_encoder_part(state, getattr(model, "encoder", None))
+    if encoder is None:
+        return None
+    return {**{f"encoder.{k}": v for k, v in encoder.items()}, **head}
+
+
+def _official_segret_encoder_part(state: Mapping[str, torch.Tensor],
+                                  encoder: Optional[nn.Module]) -> Optional[Dict[str, torch.Tensor]]:
+    if _official_head(state) is None:
+        return None
+    backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    return official_rmt_layout(backbone, encoder)
+
+
+def _segret_encoder_part(state: Mapping[str, torch.Tensor],
+                         encoder: Optional[nn.Module]) -> Optional[Dict[str, torch.Tensor]]:
+    own = _own_layout(state, None)
+    if own is None:
+        return None
+    return {k[len("encoder."):]: v for k, v in own.items() if k.startswith("encoder.")}
+
+
+def describe_checkpoint(state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """What a checkpoint that is no SegRet is, and what to do with it (one line), or None."""
+    rmt = as_rmt_state(state)
+    if rmt is not None and not any(k.startswith(("decode_head.", "decoder.")) for k in state):
+        variant = infer_rmt_variant(rmt)
+        kind = "an ImageNet RMT" if any(k.startswith("head.") for k in rmt) else "an RMT backbone"
+        return (f"this is {kind} checkpoint ({variant}), not a SegRet one: use it to initialise a SegRet encoder "
+                "with pretrained_backbone=PATH (command line: --pretrained-backbone PATH)")
+    if any(k.startswith("decode_head.") for k in state) and _official_head(state) is None:
+        head = sorted({k.split(".")[1] for k in state if k.startswith("decode_head.")})
+        extra = " (its backbone is an RMT: pretrained_backbone=PATH can initialise a SegRet encoder from it)" \
+            if rmt is not None else ""
+        return (f"this is an mmsegmentation checkpoint whose decode_head ({', '.join(head[:4])}) is not SegRet's "
+                f"SegFormerHeadWithRes, so it cannot be loaded as a SegRet{extra}")
+    return None
+
+
 class SegRet(HubMixin, nn.Module):
-    """Semantic segmentation with a Vision RetNet encoder and a ZIR decoder.
+    """Semantic segmentation with a Vision RetNet encoder and a ZIR decoder, as released by its authors.
 
     ``model(x)`` takes a normalized ``B x 3 x H x W`` float tensor of any size and returns logits
-    ``B x num_classes x H x W``. The encoder's BatchNorm layers stay in eval mode during
-    ``model.train()`` (as in the official RMT segmentation code) unless ``freeze_backbone_bn=False``.
+    ``B x num_classes x H x W``. The encoder is RMT with ``backbone_kwargs`` (default: no rotary
+    theta shift, no FFN conv, :data:`SEGRET_ENCODER_ARGS`); its four stage outputs go to the decoder
+    as they are. All BatchNorms train, as in the official code; ``freeze_backbone_bn=True`` keeps the
+    encoder's in eval mode during ``model.train()`` (for very small batches).
     """
 
     # config.json keys and their JSON types (checked by the Hub mixin before the constructor sees them)
     CONFIG_TYPES = {
-        "architecture": (str, type(None)), "backbone": (str, dict), "num_classes": (int,),
-        "decoder_channels": (int,), "decoder_dropout": (float,), "drop_path_rate": (float,),
+        "architecture": (str, type(None)), "backbone": (str, dict), "backbone_kwargs": (dict,),
+        "num_classes": (int,), "decoder_channels": (int,), "decoder_dropout": (float,), "drop_path_rate": (float,),
         "freeze_backbone_bn": (bool,), "zir_fused": (bool,), "encoder_bn_folded": (bool,), "id2label": (dict, type(None)),
         "pretrained_cfg": (dict, type(None)),
     }
+    OLD_FORMAT_NOTE = EARLIER_DESIGN
+    describe_checkpoint = staticmethod(describe_checkpoint)
 
     def __init__(
             self,
@@ -121,7 +229,8 @@ class SegRet(HubMixin, nn.Module):
             decoder_dropout: float = 0.1,
             drop_path_rate: float = 0.0,
             id2label: Optional[Mapping[Union[int, str], str]] = None,
-            freeze_backbone_bn: bool = True,
+            freeze_backbone_bn: bool = False,
+            backbone_kwargs: Optional[Mapping[str, Any]] = None,
             architecture: Optional[str] = None,
             pretrained_cfg: Optional[Mapping[str, Any]] = None,
             device=None,
@@ -132,6 +241,7 @@ class SegRet(HubMixin, nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         dd = {"device": device, "dtype": dtype}
         self.backbone = backbone if isinstance(backbone, str) else dict(backbone)
+        self.backbone_kwargs = {**SEGRET_ENCODER_ARGS, **dict(backbone_kwargs or {})}
         self.num_classes = num_classes
         self.freeze_backbone_bn = freeze_backbone_bn
         self.id2label = self._check_labels(id2label, num_classes)
@@ -139,17 +249,16 @@ class SegRet(HubMixin, nn.Module):
             decoder_channels=decoder_channels, decoder_dropout=decoder_dropout, drop_path_rate=drop_path_rate)
         self.architecture = architecture
 
-        encoder = RMT(**_backbone_kwargs(backbone), num_classes=0, drop_path_rate=drop_path_rate, **dd)
+        encoder = RMT(**{**_backbone_kwargs(backbone), **self.backbone_kwargs}, num_classes=0,
+                      drop_path_rate=drop_path_rate, **dd)
         encoder.reset_classifier(0, "", reset_other=True)  # segmentation needs no ImageNet head
         self.encoder = encoder
-        dims = encoder.embed_dims
-        self.feature_norms = nn.ModuleList([nn.LayerNorm(d, eps=1e-5, **dd) for d in dims])
-        self.decoder = ZIRDecoder(dims, decoder_channels, num_classes, decoder_dropout, **dd)
+        self.decoder: nn.Module = ZIRDecoder(encoder.embed_dims, decoder_channels, num_classes, decoder_dropout, **dd)
         cfg = default_pretrained_cfg(architecture, None, num_classes, self.id2label)
         cfg.update(pretrained_cfg or {})
         cfg["num_classes"], cfg["id2label"] = num_classes, self.id2label
         self.pretrained_cfg = cfg
-        self.train()  # applies the backbone BatchNorm freeze from the start
+        self.train()
 
     @staticmethod
     def _check_labels(id2label: Optional[Mapping[Any, str]], num_classes: int) -> Dict[int, str]:
@@ -167,10 +276,11 @@ class SegRet(HubMixin, nn.Module):
         return {
             "architecture": self.architecture or "segret",
             "backbone": copy.deepcopy(self.backbone),
+            "backbone_kwargs": dict(self.backbone_kwargs),
             "num_classes": self.num_classes,
             **self._init_args,
             "freeze_backbone_bn": self.freeze_backbone_bn,
-            "zir_fused": self.decoder.fused,
+            "zir_fused": self.zir_fused,
             "encoder_bn_folded": self.encoder_bn_folded,
             "id2label": {str(k): v for k, v in self.id2label.items()},
             "label2id": {v: k for k, v in self.id2label.items()},
@@ -190,7 +300,8 @@ class SegRet(HubMixin, nn.Module):
             decoder_dropout=float(cfg.get("decoder_dropout", 0.1)),
             drop_path_rate=float(cfg.get("drop_path_rate", 0.0)),
             id2label=cfg.get("id2label"),
-            freeze_backbone_bn=bool(cfg.get("freeze_backbone_bn", True)),
+            freeze_backbone_bn=bool(cfg.get("freeze_backbone_bn", False)),
+            backbone_kwargs=cfg.get("backbone_kwargs"),
             architecture=arch if arch != "segret" else None,
             pretrained_cfg=pretrained_cfg,
         )
@@ -202,9 +313,8 @@ class SegRet(HubMixin, nn.Module):
 
     # ------------------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """The four stage features (NCHW, strides 4/8/16/32), each after its LayerNorm."""
-        feats = self.encoder.forward_intermediates(x, intermediates_only=True)
-        return [norm(f.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for norm, f in zip(self.feature_norms, feats)]
+        """The four stage outputs (NCHW, strides 4/8/16/32), each before the next stage's downsampling."""
+        return self.encoder.forward_intermediates(x, intermediates_only=True)
 
     def forward_head(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Decoder logits at stride 4."""
@@ -223,9 +333,15 @@ class SegRet(HubMixin, nn.Module):
                     m.eval()
         return self
 
+    @property
+    def zir_fused(self) -> bool:
+        """True once the decoder was folded for inference (:meth:`fuse_zir` or ``reparameterize_model``)."""
+        return isinstance(self.decoder, FoldedZIRDecoder)
+
     def fuse_zir(self) -> SegRet:
-        """Fold the zero-initialized paths (and the decoder's fuse conv and BatchNorm) for inference."""
-        self.decoder.fuse()
+        """Fold the decoder (zero-initialized paths, BatchNorms, fuse conv) for inference; idempotent."""
+        if isinstance(self.decoder, ZIRDecoder):
+            self.decoder = self.decoder.fuse()
         return self
 
     @property
@@ -256,9 +372,34 @@ class SegRet(HubMixin, nn.Module):
     def no_weight_decay(self) -> set:
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()}
 
-    # ------------------------------------------------------------------------------ hub hooks
+    # ------------------------------------------------------------------------ weights protocol
+    # (read by segret_zoo.hub.weights.load_weights: how a checkpoint enters this model)
+    @staticmethod
+    def checkpoint_layouts() -> Dict[str, LayoutFilter]:
+        """The checkpoint layouts a SegRet reads, each a filter ``(state_dict, model) -> state_dict or None``."""
+        return {"segret-zoo": _own_layout, "official SegRet (mmsegmentation 0.x)": _official_segret_layout}
+
+    def backbone_checkpoint_layouts(self) -> Dict[str, LayoutFilter]:
+        """The layouts ``pretrained_backbone=`` reads into :attr:`encoder`: any RMT checkpoint, or a SegRet one."""
+        return {**rmt_checkpoint_layouts(), "segret-zoo SegRet": _segret_encoder_part,
+                "official SegRet (mmsegmentation 0.x)": _official_segret_encoder_part}
+
+    def prepare_for_checkpoint(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Fold this model the way a checkpoint saved after folding was (same module layout, then load)."""
+        if "decoder.levels.0.mix.weight" in state_dict:
+            self.fuse_zir()
+        if "encoder.stem.conv1.weight" in state_dict and "encoder.stem.bn1.weight" not in state_dict:
+            self.fold_encoder_batchnorms()
+
+    def classifier_keys(self) -> List[str]:
+        """The state-dict keys a new ``num_classes`` replaces."""
+        return [f"decoder.classifier.{k}" for k in self.decoder.classifier.state_dict()]
+
     def checkpoint_mismatch_hint(self, state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
-        """'checkpoint is for rmt_b/segret_base, you built segret_tiny' when both are known variants."""
+        """What a checkpoint that fits no layout (or not this variant) is, and what to do with it."""
+        what = describe_checkpoint(state_dict)
+        if what is not None:
+            return what
         sub = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
         if not sub:
             return None
@@ -272,63 +413,28 @@ class SegRet(HubMixin, nn.Module):
 
         return f"checkpoint is for {label(received)}, you built {segret_name_for_backbone(built) or built}"
 
-    @staticmethod
-    def classifier_classes(state_dict: Mapping[str, torch.Tensor]) -> Optional[int]:
-        """The class count of a SegRet state dict's classifier (None when it has none)."""
-        weight = state_dict.get("decoder.classifier.weight")
-        return int(weight.shape[0]) if weight is not None else None
-
     @classmethod
-    def infer_config(cls, state_dict: Mapping[str, torch.Tensor]) -> Optional[Dict[str, Any]]:
-        """A config for a SegRet state dict without config.json, when its encoder is a registered variant."""
-        encoder = {k[len("encoder."):]: v for k, v in state_dict.items() if k.startswith("encoder.")}
-        classifier = state_dict.get("decoder.classifier.weight")
+    def infer_config(cls, state: Mapping[str, torch.Tensor],
+                     meta: Optional[Mapping[str, Any]] = None) -> Optional[Dict[str, Any]]:
+        """A config for a state dict in this project's layout (converted by one of
+        :meth:`checkpoint_layouts`) without config.json, when its encoder is a registered variant;
+        ``meta`` (an mmsegmentation checkpoint's) supplies the class names."""
+        encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        classifier = state.get("decoder.classifier.weight")
         backbone = infer_rmt_variant(encoder) if encoder else None
         if backbone not in RMT_CONFIGS or classifier is None:
             return None
         arch = segret_name_for_backbone(backbone)
         num_classes, channels = int(classifier.shape[0]), int(classifier.shape[1])
+        classes = (meta or {}).get("CLASSES")
+        id2label = ({i: str(c) for i, c in enumerate(classes)}
+                    if isinstance(classes, (list, tuple)) and len(classes) == num_classes else None)
         return {
             "architecture": arch, "backbone": backbone, "num_classes": num_classes, "decoder_channels": channels,
-            "zir_fused": "decoder.folded.0.weight" in state_dict,
-            "encoder_bn_folded": "encoder.stem.bn1.running_mean" not in state_dict,
-            "pretrained_cfg": default_pretrained_cfg(arch, None, num_classes),
+            "backbone_kwargs": dict(SEGRET_ENCODER_ARGS,
+                                    use_mlp_dwconv=any(".mlp.dwconv." in k for k in encoder)),
+            "zir_fused": "decoder.levels.0.mix.weight" in state,
+            "encoder_bn_folded": "encoder.stem.bn1.running_mean" not in state,
+            "id2label": id2label,
+            "pretrained_cfg": default_pretrained_cfg(arch, None, num_classes, id2label),
         }
-
-    def load_backbone(self, state_dict: Mapping[str, Any], strict: bool = True) -> List[str]:
-        """Load RMT encoder weights (and the per-stage norms when the checkpoint has them).
-
-        ``state_dict`` is in the official classification layout, the official segmentation layout
-        (``backbone.`` keys with ``extra_norms``), this project's RMT layout, or a SegRet state dict
-        (files are read by the factory: ``create_model(..., pretrained_backbone=PATH)``). Returns the
-        names of the loaded modules' keys that the checkpoint did not provide (e.g. ``feature_norms``
-        for an ImageNet checkpoint).
-        """
-        state = unwrap_state_dict(state_dict)
-        if any(k.startswith("encoder.") for k in state):  # a SegRet checkpoint
-            state = {k[len("encoder."):] if k.startswith("encoder.") else k: v for k, v in state.items()
-                     if k.startswith(("encoder.", "feature_norms."))}
-        if is_official_layout(state):
-            check_relpos(state, self.encoder)
-            state = remap_official_state_dict(state)
-        enc_state = {k: v for k, v in state.items() if k.startswith(("stem.", "stages."))}
-        norm_state = {k[len("feature_norms."):]: v for k, v in state.items() if k.startswith("feature_norms.")}
-        if not enc_state:
-            raise ValueError("the checkpoint holds no RMT encoder weights (no stem./stages. keys after conversion)")
-        own = self.encoder.state_dict()
-        received, expected = infer_rmt_variant(enc_state), describe_model(self.encoder)
-        bad = [k for k, v in enc_state.items() if k not in own or own[k].shape != v.shape]
-        if bad:
-            raise ValueError(
-                f"backbone checkpoint is for {received}, but this model's encoder is {expected} "
-                f"(first mismatching keys: {bad[:3]})")
-        missing = sorted(set(own) - set(enc_state))
-        if missing and strict:
-            raise ValueError(f"backbone checkpoint lacks {len(missing)} encoder keys, e.g. {missing[:5]}")
-        self.encoder.load_state_dict(enc_state, strict=False)
-        if norm_state:
-            self.feature_norms.load_state_dict(norm_state)
-        else:
-            missing += [f"feature_norms.{k}" for k in self.feature_norms.state_dict()]
-        return missing
-

@@ -541,8 +541,8 @@ class _Run:
             write_json_atomic(self.run_dir / "train_config.json", config_dict(self.cfg))
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
-        if info.distributed and cfg.sync_bn:
-            model.decoder = D.convert_sync_batchnorm(model.decoder, self.device.type)
+        if info.distributed and cfg.sync_bn:  # every BatchNorm trains (the encoder's too), as in the official runs
+            model = D.convert_sync_batchnorm(model, self.device.type)
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
