@@ -1,8 +1,19 @@
-"""AdamW parameter groups and the iteration-based warm-up + poly schedule of the SegRet recipe.
+"""AdamW parameter groups and the iteration-based warm-up + poly schedule of the SegRet recipes.
 
-Why groups: decaying normalization scales/shifts, biases and layer-scale gammas toward zero only
-hurts (they are not "weights" that overfit), so, as in timm and mmseg's ``paramwise_cfg``, they get
-no weight decay. The decoder can learn faster than the pretrained encoder (``head_lr_mult``).
+The groups are those of the SegRet authors' mmsegmentation configs (``paramwise_cfg`` with
+``custom_keys`` for the backbone's norms and ``norm_decay_mult=0``):
+
+- the encoder's norms (its blocks' LayerNorms, the stem's and the downsamples' BatchNorms) learn at
+  ``encoder_norm_lr_mult`` x the learning rate (0.1 in those configs; 1.0 in the three configs that
+  leave ``paramwise_cfg`` out) with no weight decay;
+- every other norm (the decoder's BatchNorms) has no weight decay at the learning rate of its part;
+- the rest is split as this project always did: no weight decay on biases, layer-scale gammas and
+  any other 1-D tensor (decaying them toward zero only hurts; timm does the same), decay on the rest.
+  (mmcv without a ``bias_decay_mult`` does decay biases and gammas: the one knowing departure.)
+
+Norms are found by module type (:data:`NORM_TYPES`), not by parameter names, so the grouping does not
+depend on how a model names its layers. The decoder (``head_prefixes``) learns at ``head_lr_mult`` x
+the learning rate, norms included; the authors' configs use 1.
 """
 from __future__ import annotations
 
@@ -13,21 +24,31 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["param_groups", "build_optimizer", "WarmupPoly", "build_scheduler", "no_decay_names"]
+__all__ = ["NORM_TYPES", "param_groups", "describe_groups", "build_optimizer", "WarmupPoly", "build_scheduler",
+           "no_decay_names", "norm_param_names", "ENCODER_NORM_LR_MULT"]
 
-_NORM_TYPES: Tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
-                                 nn.LocalResponseNorm)
+NORM_TYPES: Tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                                nn.LocalResponseNorm)
 if hasattr(nn, "RMSNorm"):
-    _NORM_TYPES = _NORM_TYPES + (nn.RMSNorm,)
+    NORM_TYPES = NORM_TYPES + (nn.RMSNorm,)
+
+# the configs' backbone_norm_multi: lr_mult 0.1, decay_mult 0.0
+ENCODER_NORM_LR_MULT = 0.1
+
+
+def norm_param_names(model: nn.Module) -> Set[str]:
+    """Names of the parameters that belong to normalization modules (found by type)."""
+    names: Set[str] = set()
+    for mod_name, module in model.named_modules():
+        if isinstance(module, NORM_TYPES):
+            names.update(f"{mod_name}.{p}" if mod_name else p for p, _ in module.named_parameters(recurse=False))
+    return names
 
 
 def no_decay_names(model: nn.Module) -> Set[str]:
     """Names of parameters exempt from weight decay: norm layers, biases, layer-scale gammas, any 1-D
     tensor, and whatever the model's ``no_weight_decay()`` lists."""
-    names: Set[str] = set()
-    for mod_name, module in model.named_modules():
-        if isinstance(module, _NORM_TYPES):
-            names.update(f"{mod_name}.{p}" if mod_name else p for p, _ in module.named_parameters(recurse=False))
+    names = norm_param_names(model)
     for name, param in model.named_parameters():
         leaf = name.rsplit(".", 1)[-1]
         if param.ndim <= 1 or leaf in ("bias", "gamma") or "layer_scale" in name:
@@ -39,37 +60,52 @@ def no_decay_names(model: nn.Module) -> Set[str]:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, head_lr_mult: float = 1.0,
-                 head_prefixes: Sequence[str] = ("decoder.",)) -> List[Dict[str, Any]]:
-    """Up to four AdamW groups: (encoder | head) x (decay | no decay); frozen parameters are skipped.
+                 encoder_norm_lr_mult: float = ENCODER_NORM_LR_MULT,
+                 head_prefixes: Sequence[str] = ("decoder.",),
+                 encoder_prefixes: Sequence[str] = ("encoder.",)) -> List[Dict[str, Any]]:
+    """AdamW groups named ``<part>_<kind>``; frozen parameters are skipped, empty groups left out.
 
-    Each group carries ``name`` and ``lr_mult`` so logs and tests can tell them apart.
+    ``part`` is ``encoder`` (names under ``encoder_prefixes``), ``head`` (under ``head_prefixes``) or
+    ``other``; ``kind`` is ``norm`` (parameters of a :data:`NORM_TYPES` module: no weight decay),
+    ``no_decay`` (biases, gammas, other 1-D tensors, ``no_weight_decay()``) or ``decay``. Learning-rate
+    multipliers: encoder norms ``encoder_norm_lr_mult``, everything in the head ``head_lr_mult``,
+    the rest 1. Each group carries ``name``, ``lr_mult`` and ``weight_decay`` for logs and tests.
     """
+    norms = norm_param_names(model)
     skip = no_decay_names(model)
-    buckets: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
+    buckets: Dict[Tuple[str, str], List[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_head = any(name.startswith(p) for p in head_prefixes)
-        buckets.setdefault((is_head, name in skip), []).append(param)
+        part = ("head" if any(name.startswith(p) for p in head_prefixes) else
+                "encoder" if any(name.startswith(p) for p in encoder_prefixes) else "other")
+        kind = "norm" if name in norms else "no_decay" if name in skip else "decay"
+        buckets.setdefault((part, kind), []).append(param)
     groups = []
-    for is_head in (False, True):
-        for no_decay in (False, True):
-            params = buckets.get((is_head, no_decay))
+    for part in ("encoder", "other", "head"):
+        for kind in ("decay", "no_decay", "norm"):
+            params = buckets.get((part, kind))
             if not params:
                 continue
-            mult = head_lr_mult if is_head else 1.0
-            groups.append({
-                "params": params, "lr": lr * mult, "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_mult": mult, "name": f"{'head' if is_head else 'encoder'}_{'no_decay' if no_decay else 'decay'}",
-            })
+            mult = head_lr_mult if part == "head" else encoder_norm_lr_mult if (part, kind) == ("encoder", "norm") \
+                else 1.0
+            groups.append({"params": params, "lr": lr * mult, "weight_decay": weight_decay if kind == "decay" else 0.0,
+                           "lr_mult": mult, "name": f"{part}_{kind}"})
     return groups
 
 
+def describe_groups(groups: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """JSON-friendly summary of optimizer groups: name, tensors, parameters (numel), lr_mult, weight_decay."""
+    return [{"name": g.get("name", str(i)), "tensors": len(g["params"]), "params": sum(p.numel() for p in g["params"]),
+             "lr_mult": g.get("lr_mult", 1.0), "weight_decay": g["weight_decay"]} for i, g in enumerate(groups)]
+
+
 def build_optimizer(model: nn.Module, lr: float = 1e-4, weight_decay: float = 0.01, head_lr_mult: float = 1.0,
-                    betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups` (the paper: lr 1e-4, wd 0.01)."""
-    return torch.optim.AdamW(param_groups(model, lr, weight_decay, head_lr_mult), lr=lr, betas=betas, eps=eps,
-                             weight_decay=weight_decay)
+                    betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                    encoder_norm_lr_mult: float = ENCODER_NORM_LR_MULT) -> torch.optim.AdamW:
+    """AdamW (betas 0.9/0.999, as the configs) over :func:`param_groups`."""
+    return torch.optim.AdamW(param_groups(model, lr, weight_decay, head_lr_mult, encoder_norm_lr_mult), lr=lr,
+                             betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 class WarmupPoly:
