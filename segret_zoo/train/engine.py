@@ -82,7 +82,7 @@ from segret_zoo.train.recipes import (
 )
 
 __all__ = ["TrainConfig", "train", "resolve_config", "planned_param_groups", "config_dict", "NonFiniteLossError",
-           "METRICS_FILE", "PLOT_FILE", "BUILTIN_DEFAULTS", "RECIPE_FIELDS"]
+           "METRICS_FILE", "PLOT_FILE", "BUILTIN_DEFAULTS"]
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
@@ -96,9 +96,6 @@ BUILTIN_DEFAULTS: Dict[str, Any] = dict(
     warmup_iters=0, warmup_ratio=1e-6, poly_power=0.9, min_lr=0.0, encoder_norm_lr_mult=0.1, crop_size=(512, 512),
     scale=(2048, 512), eval_interval=1000, ckpt_interval=1000,
 )
-# the fields a recipe sets
-RECIPE_FIELDS = ("crop_size", "batch_size", "iters", "lr", "weight_decay", "warmup_iters", "warmup_ratio",
-                 "poly_power", "min_lr", "encoder_norm_lr_mult", "scale", "eval_interval", "ckpt_interval")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -240,7 +237,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     record in ``cfg.sources`` where every value came from.
 
     Why None and not the default value as "not given": a user who asks for the default explicitly
-    (``--eval-interval 1000`` with a recipe whose interval is 16000) must get it.
+    (``--eval-interval 1000`` with a recipe whose interval is 4000) must get it.
     """
     cfg = dataclasses.replace(cfg)
     sources: Dict[str, str] = {}
