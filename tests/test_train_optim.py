@@ -1,4 +1,5 @@
-"""AdamW parameter groups (the authors' norm groups, counted on every variant), the warm-up + poly
+"""AdamW parameter groups (mmcv's, from the authors' configs: checked against mmcv's rule on the
+official parameter names, counted on every variant in both config styles), the warm-up + poly
 schedule (numbers), and the recipes: the authors' configs' table, picked from model and data."""
 from __future__ import annotations
 
@@ -10,26 +11,91 @@ from torch import nn
 
 from segret_zoo.train.engine import TrainConfig, resolve_config
 from segret_zoo.train.optim import (
+    PARAMWISE,
+    PLAIN,
     WarmupPoly,
+    bias_param_names,
     build_optimizer,
     build_scheduler,
     describe_groups,
-    no_decay_names,
     param_groups,
 )
 from segret_zoo.train.recipes import get_recipe, list_recipes, model_size
 
 NORMS = (nn.LayerNorm, nn.BatchNorm2d)  # the norm types SegRet uses
+VARIANTS = ["segret_tiny", "segret_small", "segret_base", "segret_large"]
+
+# the custom keys of the authors' configs with paramwise_cfg, built as those configs build them
+# (every block of stages with up to 4, 8, 25, 8 blocks; the stem's Sequential indices of its BNs)
+AUTHORS_CUSTOM_KEYS = (
+    [f"backbone.layers.{s}.blocks.{b}.{norm}" for norm in ("retention_layer_norm", "final_layer_norm")
+     for s, n in enumerate([4, 8, 25, 8]) for b in range(n)]
+    + [f"backbone.patch_embed.proj.{i}" for i in (1, 4, 7, 10)]
+    + [f"backbone.layers.{s}.downsample.norm" for s in (0, 1, 2)]
+)
 
 
-def _norm_numel(module: nn.Module) -> int:
-    """Parameters of the LayerNorm / BatchNorm modules inside ``module`` (counted independently of optim.py)."""
-    return sum(p.numel() for m in module.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False))
+def _meta_model(variant):
+    from segret_zoo.models.segret import SEGRET_VARIANTS, SegRet
+
+    return SegRet(architecture=variant, device="meta", **SEGRET_VARIANTS[variant])
 
 
-def _vector_numel(module: nn.Module) -> int:
-    """1-D parameters (biases, gammas, norm scales) of ``module``."""
-    return sum(p.numel() for p in module.parameters() if p.ndim <= 1)
+def _owner_is_norm(model: nn.Module):
+    """Parameter name -> whether the module holding it is a LayerNorm / BatchNorm (independently of optim.py)."""
+    return {f"{mn}.{pn}" if mn else pn: isinstance(m, NORMS)
+            for mn, m in model.named_modules() for pn, _ in m.named_parameters(recurse=False)}
+
+
+def _mmcv_custom_key(official_name: str):
+    """mmcv 1.x DefaultOptimizerConstructor's match: the longest key (then the alphabetically first)
+    that is a substring of the parameter's name, or None."""
+    for key in sorted(sorted(AUTHORS_CUSTOM_KEYS), key=len, reverse=True):
+        if key in official_name:
+            return key
+    return None
+
+
+def _expected_settings(model: nn.Module, style: str):
+    """Name -> (lr_mult, decay_mult) as mmcv builds them from the authors' configs: ``plain`` (no
+    paramwise_cfg) is (1, 1) for all; ``paramwise`` gives custom-key matches (0.1, 0) whatever else
+    they are, other norm layers (1, 0), everything else, biases and gammas included, (1, 1)."""
+    from tests.official_layout import to_official
+
+    is_norm = _owner_is_norm(model)
+    out = {}
+    for name, param in model.named_parameters():
+        if style == "plain":
+            out[name] = (1.0, 1.0)
+            continue
+        keys = set()
+        if name.startswith("encoder."):  # the authors' names of this parameter (qkv is three of theirs)
+            official = [k for k in to_official(model.encoder, {name[len("encoder."):]: param}, seg=True)
+                        if ".Relpos." not in k]
+            assert official, name
+            keys = {_mmcv_custom_key(k) for k in official}
+            assert len(keys) == 1, (name, official)  # all of a parameter's official names agree
+        key = keys.pop() if keys else None
+        out[name] = (0.1, 0.0) if key is not None else (1.0, 0.0) if is_norm[name] else (1.0, 1.0)
+    return out
+
+
+@pytest.mark.parametrize("style, settings", [("paramwise", PARAMWISE), ("plain", PLAIN)])
+def test_groups_are_mmcvs_on_the_authors_parameter_names(style, settings):
+    model = _meta_model("segret_tiny")
+    wd, lr = 0.01, 1e-4
+    expected = _expected_settings(model, style)
+    names = {id(p): n for n, p in model.named_parameters()}
+    got = {names[id(p)]: (g["lr_mult"], g["weight_decay"] / wd) for g in param_groups(model, lr, wd, **settings)
+           for p in g["params"]}
+    assert got == pytest.approx(expected)
+    if style == "paramwise":
+        # the custom keys name exactly the encoder's norm layers: by type here, by name in the configs
+        is_norm = _owner_is_norm(model)
+        assert {n for n, v in expected.items() if v == (0.1, 0.0)} == {
+            n for n, norm in is_norm.items() if norm and n.startswith("encoder.")}
+        assert got["encoder.stages.2.blocks.3.attn.qkv.bias"] == (1.0, 1.0)  # biases decayed, as mmcv
+        assert got["decoder.fuse_norm.weight"] == (1.0, 0.0)  # a norm outside the keys: norm_decay_mult 0
 
 
 def test_param_groups_by_module_type(tiny_segret):
@@ -38,23 +104,24 @@ def test_param_groups_by_module_type(tiny_segret):
     groups = {g["name"]: g for g in param_groups(model, lr=lr, weight_decay=0.01, head_lr_mult=10.0)}
     names = {id(p): n for n, p in model.named_parameters()}
     members = {name: {names[id(p)] for p in g["params"]} for name, g in groups.items()}
-    norm_names = {f"{mn}.{pn}" for mn, m in model.named_modules() if isinstance(m, NORMS)
-                  for pn, _ in m.named_parameters(recurse=False)}
+    norm_names = {n for n, norm in _owner_is_norm(model).items() if norm}
     assert members["encoder_norm"] == {n for n in norm_names if n.startswith("encoder.")}
     assert members["head_norm"] == {n for n in norm_names if n.startswith("decoder.")}
     assert members.get("other_norm", set()) == {n for n in norm_names if not n.startswith(("encoder.", "decoder."))}
-    expected = {  # (lr, weight decay): encoder norms x0.1, the whole head x10 here, no norm decayed
-        "encoder_decay": (lr, 0.01), "encoder_no_decay": (lr, 0.0), "encoder_norm": (0.1 * lr, 0.0),
-        "other_norm": (lr, 0.0), "head_decay": (10 * lr, 0.01), "head_no_decay": (10 * lr, 0.0),
+    expected = {  # (lr, weight decay), the default (paramwise) settings: encoder norms x0.1 and no norm
+        # decayed; biases decayed as mmcv does; the whole head x10 here
+        "encoder_weight": (lr, 0.01), "encoder_bias": (lr, 0.01), "encoder_norm": (0.1 * lr, 0.0),
+        "other_norm": (lr, 0.0), "head_weight": (10 * lr, 0.01), "head_bias": (10 * lr, 0.01),
         "head_norm": (10 * lr, 0.0),
     }
+    assert set(groups) <= set(expected)
     for name, g in groups.items():
         assert (g["lr"], g["weight_decay"]) == pytest.approx(expected[name]), name
-        if name.endswith("_decay") and not name.endswith("no_decay"):
-            assert all(dict(model.named_parameters())[n].ndim > 1 for n in members[name])
-            assert not members[name] & norm_names
-    assert "decoder.classifier.bias" in members["head_no_decay"]
-    assert "decoder.classifier.weight" in members["head_decay"]
+    params = dict(model.named_parameters())
+    assert all(params[n].ndim > 1 for g in ("encoder_weight", "head_weight") for n in members[g])
+    assert all(params[n].ndim == 1 for g in ("encoder_bias", "head_bias") for n in members[g])
+    assert "decoder.classifier.bias" in members["head_bias"]
+    assert "decoder.classifier.weight" in members["head_weight"]
     # every trainable parameter is in exactly one group
     flat = [n for m in members.values() for n in m]
     assert len(flat) == len(set(flat)) == sum(1 for p in model.parameters() if p.requires_grad)
@@ -62,39 +129,46 @@ def test_param_groups_by_module_type(tiny_segret):
     model.encoder.stem.conv1.weight.requires_grad_(False)
     left = {names[id(p)] for g in param_groups(model, lr, 0.01) for p in g["params"]}
     assert "encoder.stem.conv1.weight" not in left
-    plain = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
-    assert [(g["name"], len(g["params"])) for g in param_groups(plain, lr, 0.01)] == [
-        ("other_decay", 1), ("other_no_decay", 1), ("other_norm", 2)]
+    plain = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4, affine=True))
+    assert [(g["name"], len(g["params"]), g["weight_decay"]) for g in param_groups(plain, lr, 0.01)] == [
+        ("other_weight", 1, 0.01), ("other_bias", 1, 0.01), ("other_norm", 6, 0.0)]
 
 
-@pytest.mark.parametrize("variant", ["segret_tiny", "segret_small", "segret_base", "segret_large"])
-def test_group_counts_on_every_variant(variant):
-    from segret_zoo.models.segret import SEGRET_VARIANTS, SegRet
+def _expected_counts(model: nn.Module):
+    """(part, kind) -> parameters, counted by isinstance / ndim (independently of optim.py)."""
+    counts = {}
+    for mn, module in model.named_modules():
+        for pn, p in module.named_parameters(recurse=False):
+            name = f"{mn}.{pn}"
+            part = "encoder" if name.startswith("encoder.") else "head" if name.startswith("decoder.") else "other"
+            kind = "norm" if isinstance(module, NORMS) else "bias" if p.ndim == 1 else "weight"
+            counts[f"{part}_{kind}"] = counts.get(f"{part}_{kind}", 0) + p.numel()
+    return counts
 
-    model = SegRet(architecture=variant, device="meta", **SEGRET_VARIANTS[variant])
-    summary = {g["name"]: g for g in describe_groups(param_groups(model, 1e-4, 0.01))}
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("style, settings", [("paramwise", PARAMWISE), ("plain", PLAIN)])
+def test_group_counts_on_every_variant(variant, style, settings):
+    model = _meta_model(variant)
+    summary = {g["name"]: g for g in describe_groups(param_groups(model, 1e-4, 0.01, **settings))}
     counts = {name: g["params"] for name, g in summary.items()}
-    enc, dec = model.encoder, model.decoder
-    total = sum(p.numel() for p in model.parameters())
-    expected = {
-        "encoder_norm": _norm_numel(enc),
-        "encoder_no_decay": _vector_numel(enc) - _norm_numel(enc),
-        "encoder_decay": sum(p.numel() for p in enc.parameters()) - _vector_numel(enc),
-        "head_norm": _norm_numel(dec),
-        "head_no_decay": _vector_numel(dec) - _norm_numel(dec),
-        "head_decay": sum(p.numel() for p in dec.parameters()) - _vector_numel(dec),
-        "other_norm": _norm_numel(model) - _norm_numel(enc) - _norm_numel(dec),
-    }
-    expected = {k: v for k, v in expected.items() if v}
-    assert counts == expected
-    assert sum(counts.values()) == total
-    assert summary["encoder_norm"]["lr_mult"] == 0.1 and summary["encoder_norm"]["weight_decay"] == 0.0
-    assert summary["head_norm"]["lr_mult"] == 1.0 and summary["head_norm"]["weight_decay"] == 0.0
+    assert counts == _expected_counts(model)
+    assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
+    for name, g in summary.items():  # (lr multiplier, weight decay) of each group in this style
+        if style == "plain":  # the configs without paramwise_cfg: one AdamW over everything
+            want = (1.0, 0.01)
+        else:  # with it: the encoder's norms (the custom keys) x0.1 and undecayed, other norms undecayed
+            want = (0.1, 0.0) if name == "encoder_norm" else (1.0, 0.0) if name.endswith("_norm") else (1.0, 0.01)
+        assert (g["lr_mult"], g["weight_decay"]) == pytest.approx(want), name
     if variant == "segret_tiny":
         # by hand: block LayerNorms 2 per block x (weight + bias) x dim over depths 2,2,8,2 and dims
         # 64,128,256,512 = 4 x (2x64 + 2x128 + 8x256 + 2x512) = 13824; stem BatchNorms 2 x (32+32+64+64)
         # = 384; downsample BatchNorms 2 x (128+256+512) = 1792
         assert counts["encoder_norm"] == 13824 + 384 + 1792 == 16000
+        # biases: the stem's convs 32+32+64+64 = 192, the downsample convs 128+256+512 = 896, and per
+        # block of width d: cpe d + qkv 3d + lepe d + proj d + fc1 3d + FFN dwconv 3d + fc2 d = 13d,
+        # over 2x64 + 2x128 + 8x256 + 2x512 = 3456 -> 44928
+        assert counts["encoder_bias"] == 192 + 896 + 13 * 3456 == 46016
         # the decoder's BatchNorms over C = 256: the fuse norm (2 x 256), and in the official decoder
         # one per level after the zero-initialized conv (4 x 2 x 256)
         levels = any(n.endswith("zir_norm.weight") for n, _ in model.named_parameters())
@@ -108,24 +182,28 @@ def test_group_lr_ratios_survive_the_schedule(tiny_segret):
         opt.step()
         sched.step()
     by_name = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert by_name["encoder_norm"] == pytest.approx(0.1 * by_name["encoder_decay"])
-    assert by_name["encoder_decay"] == pytest.approx(2e-4 * (1 - 37 / 100) ** 0.9)
+    assert by_name["encoder_norm"] == pytest.approx(0.1 * by_name["encoder_weight"])
+    assert by_name["encoder_weight"] == pytest.approx(2e-4 * (1 - 37 / 100) ** 0.9)
     assert {g["name"] for g in describe_groups(opt.param_groups)} == set(by_name)
-    one = build_optimizer(tiny_segret, 1e-4, 0.01, encoder_norm_lr_mult=1.0)
-    assert {g["name"]: g["lr"] for g in one.param_groups}["encoder_norm"] == pytest.approx(1e-4)
+    one = build_optimizer(tiny_segret, 1e-4, 0.01, **PLAIN)
+    assert {g["name"]: (g["lr"], g["weight_decay"]) for g in one.param_groups}["encoder_norm"] == pytest.approx(
+        (1e-4, 0.01))
 
 
-def test_layer_scale_gammas_not_decayed():
+def test_layer_scale_gammas_decayed_as_mmcv_unless_bias_decay_is_off():
     from segret_zoo.models.segret import SegRet
 
     model = SegRet(backbone=dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
                                  layer_scale=(False, False, True, True)), num_classes=3, decoder_channels=16)
-    gammas = [n for n, _ in model.named_parameters() if n.endswith(".gamma")]
-    assert gammas and set(gammas) <= no_decay_names(model)
+    gammas = {id(p) for n, p in model.named_parameters() if n.endswith(".gamma")}
+    assert len(gammas) == 4 and gammas <= {id(p) for n, p in model.named_parameters() if n in bias_param_names(model)}
+
+    def decay_of_gammas(opt):
+        return {g["weight_decay"] for g in opt.param_groups for p in g["params"] if id(p) in gammas}
+
     opt = build_optimizer(model, 1e-4, 0.01)
-    assert isinstance(opt, torch.optim.AdamW)
-    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert not any(id(p) in decayed for n, p in model.named_parameters() if n.endswith(".gamma"))
+    assert isinstance(opt, torch.optim.AdamW) and decay_of_gammas(opt) == {0.01}  # the recipes: mmcv decays them
+    assert decay_of_gammas(build_optimizer(model, 1e-4, 0.01, bias_decay_mult=0.0)) == {0.0}  # the timm convention
 
 
 def test_warmup_then_poly_values():
@@ -163,23 +241,25 @@ def test_scheduler_steps_per_iteration():
 # ------------------------------------------------------------------------------------------ recipes
 # the authors' configs (local_configs/SegRet/{T,S,B,L}): crop, global batch, lr, weight decay,
 # warm-up iterations (0 = none; ratio 1e-6 where there is one), poly power, iterations, random-resize
-# base scale, encoder-norm lr multiplier (1.0 where the config has no paramwise_cfg)
+# base scale, and the parameter groups: PW = paramwise_cfg (encoder norms lr x0.1, norms undecayed,
+# biases decayed), PL = no paramwise_cfg (S/B Cityscapes, L COCO-Stuff: everything decayed at lr x1)
+PW, PL = (0.1, 0.0, 1.0), (1.0, 1.0, 1.0)  # encoder_norm_lr_mult, norm_decay_mult, bias_decay_mult
 TABLE = {
-    "tiny-ade20k": ((512, 512), 16, 1e-4, 1e-4, 0, 0.9, 160000, (2048, 512), 0.1),
-    "small-ade20k": ((512, 512), 16, 1e-4, 0.01, 1500, 0.9, 160000, (2048, 512), 0.1),
-    "base-ade20k": ((512, 512), 16, 1e-4, 0.01, 0, 0.9, 160000, (2048, 512), 0.1),
-    "large-ade20k": ((640, 640), 16, 1e-4, 0.01, 0, 0.9, 160000, (2048, 640), 0.1),
-    "tiny-cityscapes": ((512, 1024), 8, 1e-4, 0.01, 0, 0.9, 160000, (4096, 1024), 0.1),
-    "small-cityscapes": ((512, 1024), 8, 1e-4, 0.01, 1500, 1.0, 160000, (4096, 1024), 1.0),
-    "base-cityscapes": ((512, 1024), 8, 1e-4, 0.01, 1500, 1.0, 160000, (4096, 1024), 1.0),
-    "large-cityscapes": ((512, 1024), 8, 1e-4, 0.01, 0, 0.9, 160000, (4096, 1024), 0.1),
-    "tiny-cocostuff": ((512, 512), 16, 2e-4, 1e-4, 1500, 0.9, 80000, (2048, 512), 0.1),
-    "small-cocostuff": ((512, 512), 32, 1e-4, 0.01, 0, 0.9, 60000, (2048, 512), 0.1),
-    "base-cocostuff": ((512, 512), 16, 1e-4, 0.01, 1500, 0.9, 80000, (2048, 512), 0.1),
-    "large-cocostuff": ((512, 512), 16, 1e-4, 0.01, 1500, 0.9, 80000, (2048, 512), 1.0),
+    "tiny-ade20k": ((512, 512), 16, 1e-4, 1e-4, 0, 0.9, 160000, (2048, 512), *PW),
+    "small-ade20k": ((512, 512), 16, 1e-4, 0.01, 1500, 0.9, 160000, (2048, 512), *PW),
+    "base-ade20k": ((512, 512), 16, 1e-4, 0.01, 0, 0.9, 160000, (2048, 512), *PW),
+    "large-ade20k": ((640, 640), 16, 1e-4, 0.01, 0, 0.9, 160000, (2048, 640), *PW),
+    "tiny-cityscapes": ((512, 1024), 8, 1e-4, 0.01, 0, 0.9, 160000, (4096, 1024), *PW),
+    "small-cityscapes": ((512, 1024), 8, 1e-4, 0.01, 1500, 1.0, 160000, (4096, 1024), *PL),
+    "base-cityscapes": ((512, 1024), 8, 1e-4, 0.01, 1500, 1.0, 160000, (4096, 1024), *PL),
+    "large-cityscapes": ((512, 1024), 8, 1e-4, 0.01, 0, 0.9, 160000, (4096, 1024), *PW),
+    "tiny-cocostuff": ((512, 512), 16, 2e-4, 1e-4, 1500, 0.9, 80000, (2048, 512), *PW),
+    "small-cocostuff": ((512, 512), 32, 1e-4, 0.01, 0, 0.9, 60000, (2048, 512), *PW),
+    "base-cocostuff": ((512, 512), 16, 1e-4, 0.01, 1500, 0.9, 80000, (2048, 512), *PW),
+    "large-cocostuff": ((512, 512), 16, 1e-4, 0.01, 1500, 0.9, 80000, (2048, 512), *PL),
 }
 FIELDS = ("crop_size", "batch_size", "lr", "weight_decay", "warmup_iters", "poly_power", "iters", "scale",
-          "encoder_norm_lr_mult")
+          "encoder_norm_lr_mult", "norm_decay_mult", "bias_decay_mult")
 
 
 def test_recipes_are_the_configs_table():
@@ -249,12 +329,16 @@ def test_model_size_of_a_saved_folder(tmp_path):
 
 def test_defaults_are_coherent_and_warmup_cannot_exceed_the_run():
     plain = resolve_config(TrainConfig(data="folder:x"))
-    assert plain.warmup_iters <= plain.iters and plain.min_lr == 0.0 and plain.encoder_norm_lr_mult == 0.1
+    assert plain.warmup_iters <= plain.iters and plain.min_lr == 0.0
+    # no recipe: the groups of the nine configs with paramwise_cfg
+    assert (plain.encoder_norm_lr_mult, plain.norm_decay_mult, plain.bias_decay_mult) == (0.1, 0.0, 1.0)
+    assert plain.sources["norm_decay_mult"] == "default"
     with pytest.raises(ValueError, match=r"warmup_iters 1500 \(recipe small-ade20k\) exceeds iters 200 \(flag\)"):
         resolve_config(TrainConfig(model="segret_small", data="ade20k:/d", iters=200))
     ok = resolve_config(TrainConfig(model="segret_small", data="ade20k:/d", iters=200, warmup_iters=0))
     assert ok.warmup_iters == 0
-    for bad in (dict(weight_decay=-1.0), dict(warmup_ratio=0.0), dict(encoder_norm_lr_mult=-0.1)):
+    for bad in (dict(weight_decay=-1.0), dict(warmup_ratio=0.0), dict(encoder_norm_lr_mult=-0.1),
+                dict(norm_decay_mult=-1.0), dict(bias_decay_mult=float("nan"))):
         with pytest.raises(ValueError, match="must be"):
             resolve_config(TrainConfig(data="folder:x", **bad))
     with pytest.raises(ValueError, match="amp"):

@@ -28,6 +28,7 @@ from segret_zoo.train.engine import (
     resolve_config,
     train,
 )
+from segret_zoo.train.optim import PARAMWISE, PLAIN
 from segret_zoo.train.recipes import LEGACY_RECIPES, NO_RECIPE, RECIPES, list_recipes
 
 __all__ = ["add_cli", "run_train", "config_from_args", "format_config"]
@@ -64,6 +65,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
                "warmup_iters": args.warmup_iters, "log_interval": args.log_interval,
                "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "poly_power": args.poly_power,
                "min_lr": args.min_lr, "encoder_norm_lr_mult": args.encoder_norm_lr_mult,
+               "norm_decay_mult": args.norm_decay_mult, "bias_decay_mult": args.bias_decay_mult,
                "crop_size": tuple(args.crop) if args.crop else None,
                "scale": tuple(args.scale) if args.scale else None,
                "pretrained_backbone": args.pretrained_backbone, "pretrained": args.pretrained}
@@ -85,6 +87,16 @@ def _fmt(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (dict, bool)) or value is None else str(value)
 
 
+def _style(cfg: TrainConfig) -> str:
+    """Which of the authors' two optimizer styles a resolved config's group settings are."""
+    settings = {k: float(getattr(cfg, k)) for k in PARAMWISE}
+    if settings == PARAMWISE:
+        return "as the configs with paramwise_cfg: encoder norms lr x0.1, no decay on norms, the rest decayed"
+    if settings == PLAIN:
+        return "as the configs without paramwise_cfg: every parameter decayed at lr x1"
+    return "custom multipliers"
+
+
 def format_config(cfg: TrainConfig, groups: Any = None) -> str:
     """A resolved config as text: every value with where it came from, then the optimizer's groups."""
     values = config_dict(cfg)
@@ -98,7 +110,8 @@ def format_config(cfg: TrainConfig, groups: Any = None) -> str:
                 "  (the data's)" if key == "num_classes" and value is None else "")
         lines.append(f"  {key:<{width}}  {_fmt(value):<24} {cfg.sources.get(key, 'default')}{note}")
     if groups:
-        lines.append("optimizer: AdamW (betas 0.9, 0.999), poly schedule per iteration; parameter groups:")
+        lines.append(f"optimizer: AdamW (betas 0.9, 0.999), poly schedule per iteration; parameter groups "
+                     f"({_style(cfg)}):")
         for g in groups:
             lines.append(f"  {g['name']:<16} {g['params']:>11,} params in {g['tensors']:>3} tensors  "
                          f"lr x{g['lr_mult']:g}  weight decay {g['weight_decay']:g}")
@@ -137,7 +150,9 @@ def add_cli(subparsers: Any) -> None:
         "train", help="fine-tune a SegRet model (the authors' recipes; DDP through torchrun)",
         description="Fine-tune a SegRet model with the SegRet authors' recipe for its size and dataset (picked "
                     "from --model and --data; --print-config shows every value and where it came from): "
-                    "AdamW with the encoder's norms at lr x0.1 and no weight decay on norms, poly schedule "
+                    "AdamW with the parameter groups of the config (mmcv's: with its paramwise_cfg, the "
+                    "encoder's norms at lr x0.1 and no weight decay on any norm, biases and the rest decayed; "
+                    "without it, every parameter decayed at lr x1), poly schedule "
                     "with optional linear warm-up, pixel cross-entropy; periodic evaluation and atomic "
                     "checkpoints; resumable. Launch with 'torchrun --nproc_per_node N -m segret_zoo train ...' "
                     "for several GPUs. --batch-size is the global batch (all processes and accumulation steps).")
@@ -162,7 +177,15 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--head-lr-mult", type=float, default=None,
                    help="learning-rate multiplier for the whole decoder (default 1, as the authors' configs)")
     p.add_argument("--encoder-norm-lr-mult", type=float, default=None,
-                   help="learning-rate multiplier for the encoder's LayerNorms and BatchNorms (recipe's; default 0.1)")
+                   help="learning-rate multiplier for the encoder's LayerNorms and BatchNorms (recipe's: 0.1, or "
+                        "1 where the config has no paramwise_cfg; default 0.1)")
+    p.add_argument("--norm-decay-mult", type=float, default=None,
+                   help="weight-decay multiplier for every norm layer's weight and bias (recipe's: 0, or 1 where "
+                        "the config has no paramwise_cfg; default 0)")
+    p.add_argument("--bias-decay-mult", type=float, default=None,
+                   help="weight-decay multiplier for biases, layer-scale gammas and other 1-D parameters outside "
+                        "norms (recipes: 1, as mmcv; default 1; 0 decays only weight matrices and kernels). "
+                        "Without a recipe the groups are those of the nine configs with paramwise_cfg")
     p.add_argument("--warmup-iters", type=int, default=None,
                    help="linear warm-up length, 0 for none (recipe's; default 0)")
     p.add_argument("--warmup-ratio", type=float, default=None,

@@ -70,7 +70,7 @@ from segret_zoo.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from segret_zoo.train.optim import build_optimizer, build_scheduler, describe_groups, param_groups
+from segret_zoo.train.optim import PARAMWISE, build_optimizer, build_scheduler, describe_groups, param_groups
 from segret_zoo.train.plot import plot_curves
 from segret_zoo.train.recipes import (
     NO_RECIPE,
@@ -90,10 +90,12 @@ _AMP = ("none", "bf16", "fp16")
 
 
 # what a field left at None gets when no recipe sets it either: a short fine-tuning run with the
-# configs' common settings (AdamW 1e-4, decay 0.01, poly 0.9 to 0, no warm-up, encoder norms at lr x0.1)
+# configs' common settings (AdamW 1e-4, decay 0.01, poly 0.9 to 0, no warm-up) and the parameter
+# groups of the nine configs with a paramwise_cfg (encoder norms at lr x0.1, no decay on norms,
+# biases and gammas decayed as mmcv does: optim.PARAMWISE)
 BUILTIN_DEFAULTS: Dict[str, Any] = dict(
     model="segret_tiny", seed=0, head_lr_mult=1.0, iters=1000, batch_size=8, lr=1e-4, weight_decay=0.01,
-    warmup_iters=0, warmup_ratio=1e-6, poly_power=0.9, min_lr=0.0, encoder_norm_lr_mult=0.1, crop_size=(512, 512),
+    warmup_iters=0, warmup_ratio=1e-6, poly_power=0.9, min_lr=0.0, **PARAMWISE, crop_size=(512, 512),
     scale=(2048, 512), eval_interval=1000, ckpt_interval=1000,
 )
 
@@ -135,7 +137,9 @@ class TrainConfig:
     lr: Optional[float] = None
     weight_decay: Optional[float] = None
     head_lr_mult: Optional[float] = None
-    encoder_norm_lr_mult: Optional[float] = None  # the encoder's norms (block LayerNorms, stem/downsample BNs)
+    encoder_norm_lr_mult: Optional[float] = None  # lr x this for the encoder's norms (block LNs, stem/downsample BNs)
+    norm_decay_mult: Optional[float] = None  # weight decay x this for every norm's weight and bias
+    bias_decay_mult: Optional[float] = None  # weight decay x this for biases, layer-scale gammas, other 1-D tensors
     warmup_iters: Optional[int] = None
     warmup_ratio: Optional[float] = None
     poly_power: Optional[float] = None
@@ -220,7 +224,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
     if cfg.lr <= 0:
         raise ValueError(f"lr must be positive, got {cfg.lr}")
-    for name in ("weight_decay", "warmup_iters", "min_lr", "head_lr_mult", "encoder_norm_lr_mult", "poly_power"):
+    for name in ("weight_decay", "warmup_iters", "min_lr", "head_lr_mult", "encoder_norm_lr_mult", "norm_decay_mult",
+                 "bias_decay_mult", "poly_power"):
         if not getattr(cfg, name) >= 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
     if not 0 < cfg.warmup_ratio <= 1:
@@ -285,6 +290,11 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def _group_settings(cfg: TrainConfig) -> Dict[str, float]:
+    """The parameter-group multipliers of a resolved config (see :mod:`segret_zoo.train.optim`)."""
+    return {k: float(getattr(cfg, k)) for k in ("encoder_norm_lr_mult", "norm_decay_mult", "bias_decay_mult")}
+
+
 def planned_param_groups(cfg: TrainConfig) -> Optional[List[Dict[str, Any]]]:
     """The optimizer groups (:func:`~segret_zoo.train.optim.describe_groups`) a resolved config's run
     will build, from its model built on the meta device (no memory, no weights); None when the model
@@ -301,7 +311,7 @@ def planned_param_groups(cfg: TrainConfig) -> Optional[List[Dict[str, Any]]]:
         num_classes = int(DATASET_DEFAULTS[info["tag"]]["num_classes"])
     model = create_model(arch, num_classes=num_classes, device="meta", **cfg.model_kwargs)
     groups = param_groups(model, float(cfg.lr), float(cfg.weight_decay), float(cfg.head_lr_mult),
-                          float(cfg.encoder_norm_lr_mult))
+                          **_group_settings(cfg))
     return describe_groups(groups)
 
 
@@ -570,8 +580,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
 # settings that define a run: resuming with another value would not continue it
 _RESUME_FIXED = ("model", "model_kwargs", "num_classes", "batch_size", "iters", "lr", "weight_decay",
-                 "head_lr_mult", "encoder_norm_lr_mult", "warmup_iters", "warmup_ratio", "poly_power", "min_lr",
-                 "crop_size", "scale", "seed", "class_weights")
+                 "head_lr_mult", "encoder_norm_lr_mult", "norm_decay_mult", "bias_decay_mult", "warmup_iters",
+                 "warmup_ratio", "poly_power", "min_lr", "crop_size", "scale", "seed", "class_weights")
 
 
 def _plain(value: Any) -> Any:
@@ -661,8 +671,7 @@ class _Run:
         self.module = model
         _seed_all(cfg.seed + info.rank)  # different dropout / drop-path draws per rank, as mmseg does
 
-        self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult,
-                                         encoder_norm_lr_mult=cfg.encoder_norm_lr_mult)
+        self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult, **_group_settings(cfg))
         if self.is_main:  # the resolved run, where each value came from, and the optimizer's groups
             write_json_atomic(self.run_dir / "train_config.json",
                               {**config_dict(self.cfg), "param_groups": describe_groups(self.optimizer.param_groups)})

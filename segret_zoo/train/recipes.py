@@ -9,9 +9,12 @@ are what was run. ``tiny-ade20k`` is ``SegRet.T.512x512.ade.160k_res.py``, and s
 ``batch_size`` is the *global* batch: images per optimizer step summed over all processes and
 accumulation steps (the configs' samples_per_gpu x 4 GPUs). The engine splits it, so a recipe
 means the same optimization whatever hardware runs it. ``warmup_iters`` 0 is "no warm-up" (the
-configs that comment it out); ``encoder_norm_lr_mult`` 1.0 marks the configs without the
-``paramwise_cfg`` that puts the encoder's norms at lr x0.1 (no norm is weight-decayed either way
-here, see :mod:`segret_zoo.train.optim`). ``scale`` is the random resize's base scale
+configs that comment it out). ``encoder_norm_lr_mult``, ``norm_decay_mult`` and
+``bias_decay_mult`` are the optimizer's parameter groups (:mod:`segret_zoo.train.optim`): 0.1, 0
+and 1 in the nine configs with ``paramwise_cfg`` (encoder norms at lr x0.1, no decay on norms,
+everything else decayed); 1, 1 and 1 in the three that comment it out (``small-cityscapes``,
+``base-cityscapes``, ``large-cocostuff``: plain AdamW, every parameter decayed at lr x1), which the
+paper's text does not mention. ``scale`` is the random resize's base scale
 (ratio 0.5-2.0); ``eval_interval`` 4000 is the configs', ``ckpt_interval`` 4000 that of the SegFormer
 schedule files they extend; the poly schedule ends at ``min_lr`` 0.
 
@@ -27,6 +30,8 @@ import json
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from segret_zoo.train.optim import PARAMWISE, PLAIN
 
 __all__ = ["RECIPES", "SIZES", "RECIPE_DATASETS", "LEGACY_RECIPES", "NO_RECIPE", "get_recipe", "list_recipes",
            "recipe_for", "resolve_recipe_name", "model_size", "recipe_dataset"]
@@ -48,8 +53,10 @@ _WARMUP = dict(warmup_iters=1500, warmup_ratio=1e-6)
 _SCHEDULE = dict(min_lr=0.0)
 
 
-def _recipe(base: Dict[str, Any], config: str, **values: Any) -> Dict[str, Any]:
-    return {**base, **_SCHEDULE, "encoder_norm_lr_mult": 0.1, **values, "config": config}
+def _recipe(base: Dict[str, Any], config: str, groups: Dict[str, float] = PARAMWISE, **values: Any) -> Dict[str, Any]:
+    """A config's values; ``groups`` is its optimizer style (:data:`~segret_zoo.train.optim.PARAMWISE`,
+    or :data:`~segret_zoo.train.optim.PLAIN` for the configs that comment ``paramwise_cfg`` out)."""
+    return {**base, **_SCHEDULE, **groups, **values, "config": config}
 
 
 RECIPES: Dict[str, Dict[str, Any]] = {
@@ -65,9 +72,9 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "tiny-cityscapes": _recipe(_CITY, "SegRet.T.512x1024.city.160k.py", lr=1e-4, weight_decay=0.01,
                                poly_power=0.9, **_NO_WARMUP),
     "small-cityscapes": _recipe(_CITY, "SegRet.S.512x1024.city.160k.py", lr=1e-4, weight_decay=0.01,
-                                poly_power=1.0, encoder_norm_lr_mult=1.0, **_WARMUP),
+                                poly_power=1.0, groups=PLAIN, **_WARMUP),
     "base-cityscapes": _recipe(_CITY, "SegRet.B.512x1024.city.160k.py", lr=1e-4, weight_decay=0.01,
-                               poly_power=1.0, encoder_norm_lr_mult=1.0, **_WARMUP),
+                               poly_power=1.0, groups=PLAIN, **_WARMUP),
     "large-cityscapes": _recipe(_CITY, "SegRet.L.512x1024.city.160k.py", lr=1e-4, weight_decay=0.01,
                                 poly_power=0.9, **_NO_WARMUP),
     "tiny-cocostuff": _recipe(_COCO, "SegRet.T.512x512.coco10k.80k.py", lr=2e-4, weight_decay=1e-4,
@@ -77,7 +84,7 @@ RECIPES: Dict[str, Dict[str, Any]] = {
     "base-cocostuff": _recipe(_COCO, "SegRet.B.512x512.coco10k.80k.py", lr=1e-4, weight_decay=0.01,
                               poly_power=0.9, **_WARMUP),
     "large-cocostuff": _recipe(_COCO, "SegRet.L.512x512.coco10k.80k.py", lr=1e-4, weight_decay=0.01,
-                               poly_power=0.9, encoder_norm_lr_mult=1.0, **_WARMUP),
+                               poly_power=0.9, groups=PLAIN, **_WARMUP),
 }
 
 # ``--data`` kinds -> the recipes' dataset (COCO-Stuff 164k shares the 10k recipes: same classes, no config of its own)
