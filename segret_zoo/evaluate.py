@@ -1,8 +1,9 @@
 """Evaluate a segmentation model on a dataset the way the papers do (``segret-zoo eval`` drives it).
 
 Each image is predicted at its original resolution by the inference :class:`~segret_zoo.inference.
-predictor.Segmenter` (keep-ratio resize to the test scale, whole or sliding-window inference,
-optional multi-scale + flip TTA, logits upsampled to the original size), and scored against the
+predictor.Segmenter` (by default the model's own test protocol: keep-ratio resize to the test scale,
+sides rounded up to a multiple of 32 where the dataset's protocol does so, whole inference, optional
+multi-scale + flip TTA, logits upsampled to the original size), and scored against the
 original-resolution ground truth with :class:`~segret_zoo.metrics.IoUMetric`, i.e. mmsegmentation's
 protocol. The CLI prints a per-class table and writes ``DIR/metrics.json`` (percentages; per-class
 values keyed by class name; ``null`` where a class is undefined, because JSON has no NaN).
@@ -55,7 +56,7 @@ def evaluate(
     model: torch.nn.Module,
     dataset: Any,
     *,
-    mode: str = "auto",
+    mode: Optional[str] = None,
     tta: bool = False,
     device: Optional[Any] = None,
     progress: bool = True,
@@ -73,7 +74,8 @@ def evaluate(
             scale, crop and normalisation).
         dataset: yields raw ``(image, mask)`` pairs (a :mod:`segret_zoo.data.datasets` dataset, whose
             ``get_raw`` is used so its training transform, if any, is bypassed).
-        mode: ``"whole"``, ``"slide"`` or ``"auto"`` (slide when the image is much larger than the crop).
+        mode: ``"whole"``, ``"slide"`` or ``"auto"`` (slide when the image is much larger than the crop);
+            default: the model's ``pretrained_cfg["test_mode"]`` (the dataset's protocol), else auto.
         tta: multi-scale (0.5-1.75) + flip test-time augmentation (``scales`` overrides the ratios).
         device, dtype: where / in which autocast dtype the predictor runs.
         limit: score only the first ``limit`` images (quick checks).
@@ -84,7 +86,8 @@ def evaluate(
 
     Returns:
         ``{"aAcc", "mIoU", "mAcc", "IoU": [...], "Acc": [...], "per_class": {name: {"IoU", "Acc"}},
-        "classes": [...], "num_images", "seconds"}``; NaN marks classes without ground truth (Acc)
+        "classes": [...], "num_images", "seconds", "protocol"}`` (``protocol``: the predictor's
+        one-line description, None for a custom ``predictor``); NaN marks classes without ground truth (Acc)
         or without ground truth and prediction (IoU).
     """
     num_classes = int(getattr(dataset, "num_classes", 0) or model.num_classes)
@@ -104,13 +107,14 @@ def evaluate(
             model.train(was_training)
 
 
-def _evaluate(model: torch.nn.Module, dataset: Any, num_classes: int, *, mode: str, tta: bool, device: Any,
+def _evaluate(model: torch.nn.Module, dataset: Any, num_classes: int, *, mode: Optional[str], tta: bool, device: Any,
               progress: bool, limit: Optional[int], dtype: Any, scales: Optional[Sequence[float]],
               distributed: bool, predictor: Optional[Callable[[np.ndarray], np.ndarray]],
               compile: bool = False) -> Dict[str, Any]:
+    protocol = None
     if predictor is None:
-        predictor = Segmenter(model, mode=mode, tta=tta, device=device, dtype=dtype, scales=scales,
-                              compile=compile).predict
+        segmenter = Segmenter(model, mode=mode, tta=tta, device=device, dtype=dtype, scales=scales, compile=compile)
+        predictor, protocol = segmenter.predict, segmenter.describe()
 
     indices: Sequence[int] = range(len(dataset) if limit is None else min(int(limit), len(dataset)))
     rank, world = 0, 1
@@ -149,6 +153,7 @@ def _evaluate(model: torch.nn.Module, dataset: Any, num_classes: int, *, mode: s
     results["per_class"] = {name: {"IoU": i, "Acc": a} for name, i, a in zip(names, results["IoU"], results["Acc"])}
     results["num_images"] = len(indices)
     results["seconds"] = time.perf_counter() - start
+    results["protocol"] = protocol
     return results
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from segret_zoo.data.datasets import (
     ADE20KDataset,
     CityscapesDataset,
+    COCOStuff10kDataset,
     COCOStuffDataset,
     DatasetLayoutError,
     FolderDataset,
@@ -191,6 +192,43 @@ def test_cocostuff_invalid_raw_id(tmp_path: Path) -> None:
     _coco(tmp_path, raw=(0, 182))
     with pytest.raises(MaskValueError, match=r"000000000000\.png.*182"):
         COCOStuffDataset(tmp_path, "val")[0]
+
+
+# ------------------------------------------------------------------------------------------ COCO-Stuff 10k
+COCO10K = Path(__file__).parent / "data" / "cocostuff10k"  # mmseg's converter layout, see its README
+
+
+def test_cocostuff10k_fixture_in_mmseg_layout() -> None:
+    train = build_dataset(f"cocostuff10k:{COCO10K}", "train")
+    val = build_dataset(f"coco-stuff10k:{COCO10K}", "val")  # val is the 10k test split, as the configs use
+    assert isinstance(train, COCOStuff10kDataset) and isinstance(val, COCOStuff10kDataset)
+    assert [image.name for image, _, _ in train.samples] == [
+        "COCO_train2014_000000000077.jpg", "COCO_train2014_000000000078.jpg"]
+    assert val.image_path(0).parent.name == "test2014" and len(val) == 2
+    assert val.mask_path(0).name == "COCO_train2014_000000000110_labelTrainIds.png"
+    assert train.num_classes == 171 and train.classes[0] == "person" and train.classes[170] == "wood"
+    image, mask = val[0]
+    assert image.shape == (20, 30, 3) and mask.shape == (20, 30)
+    # the converter's 1-based ids with 0 = unlabeled, reduced: 1 -> 0, 92 -> 91, 171 -> 170, 0 -> 255
+    assert mask[0, 0] == 0 and mask[10, 0] == 91 and mask[19, 0] == 170 and mask[19, 29] == 255
+    assert sorted(np.unique(mask).tolist()) == [0, 91, 170, 255]
+    assert train.palette.shape == (171, 3)
+    assert parse_spec(str(COCO10K)) == ("cocostuff10k", COCO10K)  # detected from images/{train,test}2014
+
+
+def test_cocostuff10k_older_converter_names_and_bad_values(tmp_path: Path) -> None:
+    # older converters wrote the test split's masks as <name>.png
+    _img(tmp_path / "images" / "test2014" / "COCO_train2014_000000000001.jpg")
+    _mask(tmp_path / "annotations" / "test2014" / "COCO_train2014_000000000001.png", (0, 1, 171, 172))
+    ds = COCOStuff10kDataset(tmp_path, "test")
+    assert len(ds) == 1 and ds.mask_path(0).name == "COCO_train2014_000000000001.png"
+    with pytest.raises(MaskValueError, match=r"000000000001\.png.*172.*0\.\.171"):
+        ds[0]
+    _img(tmp_path / "images" / "test2014" / "COCO_train2014_000000000002.jpg")
+    with pytest.raises(DatasetLayoutError, match="000000000002_labelTrainIds.png"):
+        COCOStuff10kDataset(tmp_path, "val")
+    with pytest.raises(DatasetLayoutError, match="train2014"):
+        build_dataset(f"cocostuff10k:{tmp_path}", "train")
 
 
 # ------------------------------------------------------------------------------------------ folder

@@ -190,3 +190,34 @@ def test_eval_cli_with_real_model_saved_by_save_pretrained(tmp_path: Path) -> No
         direct = ev.evaluate(model, ds, mode="whole", tta=bool(extra), device="cpu", progress=False)
         assert doc["mIoU"] == pytest.approx(direct["mIoU"]) and doc["aAcc"] == pytest.approx(direct["aAcc"])
         assert doc["tta"] is bool(extra) and list(doc["IoU"]) == list(NAMES)
+
+
+def test_eval_cli_follows_and_prints_the_models_protocol(tmp_path: Path, capsys) -> None:
+    """`eval` on the COCO-Stuff 10k fixture (mmseg's layout) with a model carrying the cocostuff tag's
+    protocol: whole inference at 2048x512 rounded up to multiples of 32 unless told otherwise, said
+    before the table and recorded in metrics.json."""
+    from segret_zoo.cli import main
+    from segret_zoo.data.classes import id2label
+    from segret_zoo.models.segret import SegRet, default_pretrained_cfg
+
+    fixture = Path(__file__).parent / "data" / "cocostuff10k"
+    torch.manual_seed(0)
+    model = SegRet(backbone=dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4)),
+                   num_classes=171, decoder_channels=16, id2label=id2label("cocostuff"),
+                   pretrained_cfg=default_pretrained_cfg("segret_tiny", "cocostuff"))
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(tmp_path / "model"), "--data", f"cocostuff10k:{fixture}", "--device", "cpu",
+                 "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    protocol = ("keep-ratio resize to fit 2048x512 (long x short), sides rounded up to a multiple of 32; whole "
+                "inference; single scale; logits resized to the original size")
+    assert printed.splitlines()[0] == f"protocol: {protocol}"
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["protocol"] == protocol and doc["mode"] == "whole" and doc["num_images"] == 2  # val = test2014
+    assert "person" in doc["IoU"] and len(doc["IoU"]) == 171
+    assert main(["eval", "--model", str(tmp_path / "model"), "--data", f"cocostuff10k:{fixture}", "--device", "cpu",
+                 "--out", str(out), "--no-progress", "--mode", "slide", "--limit", "1"]) == 0  # a flag wins
+    printed = capsys.readouterr().out
+    assert printed.startswith("protocol: keep-ratio resize to fit 2048x512") and "sliding 512x512 windows" in printed
+    assert json.loads((out / "metrics.json").read_text())["mode"] == "slide"

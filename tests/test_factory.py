@@ -43,13 +43,13 @@ def test_listing():
     assert list_models(pretrained=True) == list_pretrained()
 
 
-@pytest.mark.parametrize("name, classes, scale, crop, first", [
-    ("segret_tiny.ade20k", 150, (2048, 512), (512, 512), "wall"),
-    ("segret_small.cityscapes", 19, (2048, 1024), (512, 1024), "road"),
-    ("segret_base.cocostuff", 171, (2048, 512), (512, 512), "person"),
-    ("segret_large.ade20k", 150, (2048, 512), (640, 640), "wall"),
+@pytest.mark.parametrize("name, classes, scale, divisor, crop, first", [
+    ("segret_tiny.ade20k", 150, (2048, 512), 32, (512, 512), "wall"),
+    ("segret_small.cityscapes", 19, (2048, 1024), None, (512, 1024), "road"),
+    ("segret_base.cocostuff", 171, (2048, 512), 32, (512, 512), "person"),
+    ("segret_large.ade20k", 150, (2048, 640), 32, (640, 640), "wall"),  # the large model's ADE20K config
 ])
-def test_pretrained_cfg_per_tag(name, classes, scale, crop, first, monkeypatch):
+def test_pretrained_cfg_per_tag(name, classes, scale, divisor, crop, first, monkeypatch):
     monkeypatch.delenv("SEGRET_ZOO_HF_ORG", raising=False)
     model = create_model(name, device="meta")
     arch, tag = name.split(".")
@@ -58,6 +58,7 @@ def test_pretrained_cfg_per_tag(name, classes, scale, crop, first, monkeypatch):
     assert cfg["hf_hub_id"] == f"segret-zoo/{arch.replace('_', '-')}-{tag}"
     assert cfg["hf_hub_filename"] == "model.safetensors"
     assert cfg["test_scale"] == scale and cfg["crop_size"] == crop and cfg["dataset"] == tag
+    assert cfg["test_size_divisor"] == divisor and cfg["test_mode"] == "whole"  # the authors' test pipelines
     assert cfg["stride"] == tuple(round(c * 2 / 3) for c in crop)
     assert cfg["mean"] == pytest.approx((0.485, 0.456, 0.406)) and cfg["std"] == pytest.approx((0.229, 0.224, 0.225))
     assert cfg["license"] and cfg["id2label"] == model.id2label and cfg["num_classes"] == classes

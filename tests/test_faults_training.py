@@ -110,10 +110,11 @@ def one_error_line(err: str) -> str:
 
 # ------------------------------------------------------------------------------------------ recipes
 def test_explicit_setting_wins_over_recipe_even_when_it_equals_the_default():
-    cfg = resolve_config(TrainConfig(data="folder:x", recipe="ade20k-160k", eval_interval=1000, lr=1e-4,
+    cfg = resolve_config(TrainConfig(data="folder:x", recipe="tiny-ade20k", eval_interval=1000, lr=1e-4,
                                      batch_size=8, iters=1000))
     assert (cfg.eval_interval, cfg.batch_size, cfg.iters) == (1000, 8, 1000)
-    assert cfg.ckpt_interval == 16000 and cfg.crop_size == (512, 512)  # not given: the recipe's
+    assert cfg.ckpt_interval == 4000 and cfg.crop_size == (512, 512)  # not given: the recipe's
+    assert cfg.sources["batch_size"] == "flag" and cfg.sources["ckpt_interval"] == "recipe tiny-ade20k"
     plain = resolve_config(TrainConfig(data="folder:x"))
     assert (plain.eval_interval, plain.iters, plain.lr, plain.scale) == (1000, 1000, 1e-4, (2048, 512))
 
@@ -121,9 +122,10 @@ def test_explicit_setting_wins_over_recipe_even_when_it_equals_the_default():
     from segret_zoo.cli.train import config_from_args
 
     args = build_parser().parse_args(["train", "--data", "folder:x", "--out", "o", "--recipe", "ade20k-160k",
-                                      "--eval-interval", "1000"])
+                                      "--eval-interval", "1000"])  # the old name: ADE20K's recipe for the model
     cli_cfg = resolve_config(config_from_args(args))
-    assert cli_cfg.eval_interval == 1000 and cli_cfg.ckpt_interval == 16000 and cli_cfg.iters == 160000
+    assert cli_cfg.recipe == "tiny-ade20k"
+    assert cli_cfg.eval_interval == 1000 and cli_cfg.ckpt_interval == 4000 and cli_cfg.iters == 160000
 
 
 # ------------------------------------------------------------------------------------------ signals

@@ -55,7 +55,9 @@ def test_saved_folder_is_complete_and_self_contained(tmp_path):
     assert config["num_classes"] == 19 and config["id2label"]["0"] == "road" and config["label2id"]["road"] == 0
     assert config["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
     assert config["preprocessing"]["test_scale"] == [2048, 1024] and config["preprocessing"]["crop_size"] == [512, 1024]
-    assert config["evaluation"]["mode"] == "slide" and config["evaluation"]["stride"] == [341, 683]
+    # the authors' Cityscapes test pipeline: whole image at the frame's own scale, no rounding
+    assert config["evaluation"]["mode"] == "whole" and config["preprocessing"]["size_divisor"] is None
+    assert "whole inference (the whole resized image at once)" in (tmp_path / "README.md").read_text()
     assert config["evaluation"]["ms_scales"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] and config["evaluation"]["flip"]
     assert config["pretrained_cfg"]["dataset"] == "cityscapes"
     # nothing asks the loader to fetch (backbone) weights again

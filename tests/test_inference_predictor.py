@@ -90,6 +90,94 @@ def test_slide_windows_are_border_aligned_mmseg_grid():
     assert slide_windows(80, 200, (96, 96), (64, 64)) == [(0, 80, 0, 96), (0, 80, 64, 160), (0, 80, 104, 200)]
 
 
+def protocol_segmenter(architecture: str, tag: str, **kw) -> Segmenter:
+    """A Segmenter with a zoo tag's test protocol (the tiny stand-in model is never run here)."""
+    from segret_zoo.models.segret import default_pretrained_cfg
+
+    m = SegRet(backbone=MINI, num_classes=5, decoder_channels=16, pretrained_cfg=default_pretrained_cfg(architecture, tag))
+    return Segmenter(m, fold=False, **kw)
+
+
+# (image width x height, TTA ratio) -> the size entering the model, (height, width), worked out by hand
+# with the authors' rule: f = min(long / max(h, w), short / min(h, w)); h1, w1 = int(h * f + 0.5),
+# int(w * f + 0.5) (mmcv's keep-ratio rescale of (long, short) x ratio); ADE20K and COCO-Stuff then
+# round each side up to a multiple of 32 (AlignedResize), Cityscapes does not.
+ADE_SIZES = [  # (2048, 512), divisor 32
+    ((683, 512), 1.0, (512, 704)),     # f = min(2.998, 1) = 1 -> 512x683 -> 512x704
+    ((512, 384), 1.0, (512, 704)),     # f = 512/384 = 1.333 -> 512x683 (682.67 + 0.5) -> 512x704
+    ((2048, 1024), 1.0, (512, 1024)),  # f = min(1, 0.5) = 0.5 -> 512x1024, already aligned
+    ((500, 333), 1.0, (512, 800)),     # f = 512/333 = 1.5375 -> 512x769 (768.77 + 0.5) -> 512x800
+    ((375, 500), 1.0, (704, 512)),     # portrait: f = 512/375 = 1.3653 -> 683x512 -> 704x512
+    ((3000, 300), 1.0, (224, 2048)),   # long side limits: f = 2048/3000 -> 205x2048 (204.8 + 0.5) -> 224x2048
+    ((1000, 250), 1.0, (512, 2048)),   # both limits at once: f = 2.048 -> 512x2048
+    ((683, 512), 0.5, (256, 352)),     # scale (1024, 256): f = 0.5 -> 256x342 -> 256x352
+    ((500, 333), 1.75, (896, 1376)),   # scale (3584, 896): f = 896/333 -> 896x1345 (1345.35 + 0.5) -> 896x1376
+    ((2048, 1024), 0.75, (384, 768)),  # scale (1536, 384): f = 0.375 -> 384x768
+]
+LARGE_ADE_SIZES = [  # segret_large on ADE20K: (2048, 640), divisor 32
+    ((683, 512), 1.0, (640, 864)),     # f = 640/512 = 1.25 -> 640x854 (853.75 + 0.5) -> 640x864
+    ((500, 333), 1.0, (640, 992)),     # f = 640/333 = 1.9219 -> 640x961 (960.96 + 0.5) -> 640x992
+]
+CITYSCAPES_SIZES = [  # (2048, 1024), no rounding
+    ((2048, 1024), 1.0, (1024, 2048)),  # the frame's own size: no resize at all
+    ((1024, 512), 1.0, (1024, 2048)),   # f = 2
+    ((1000, 333), 1.0, (682, 2048)),    # f = 2048/1000 -> 682x2048 (681.98 + 0.5), 682 stays (no AlignedResize)
+    ((2048, 1024), 0.5, (512, 1024)),   # scale (1024, 512)
+]
+
+
+@pytest.mark.parametrize("architecture, tag, table", [
+    ("segret_tiny", "ade20k", ADE_SIZES), ("segret_base", "cocostuff", ADE_SIZES),
+    ("segret_large", "ade20k", LARGE_ADE_SIZES), ("segret_small", "cityscapes", CITYSCAPES_SIZES),
+])
+def test_protocol_resize_sizes_follow_the_authors_rule(architecture, tag, table):
+    seg = protocol_segmenter(architecture, tag)
+    assert seg.mode == "whole"  # every config: whole inference
+    for (w, h), ratio, expected in table:
+        assert seg.target_size(h, w, ratio) == expected, ((w, h), ratio)
+
+
+def test_aligned_resize_is_a_second_resize_of_the_rescaled_image():
+    seg = protocol_segmenter("segret_tiny", "ade20k")
+    assert seg.resize_steps(333, 500) == [(512, 769), (512, 800)]  # rescale, then AlignedResize
+    assert seg.resize_steps(1024, 2048) == [(512, 1024)]  # the rescale is already aligned
+    assert seg.resize_steps(512, 704) == []  # nothing to do
+    city = protocol_segmenter("segret_tiny", "cityscapes")
+    assert city.resize_steps(1024, 2048) == [] and city.resize_steps(333, 1000) == [(682, 2048)]
+    assert Segmenter(seg.model, fold=False, size_divisor=False).target_size(333, 500) == (512, 769)
+
+
+def test_aligned_protocol_values_match_an_independent_two_step_pipeline(model):
+    # a small protocol: fit (256, 128), then sides up to a multiple of 32; 90x140 -> 128x199 -> 128x224
+    seg = Segmenter(model, mode="whole", test_scale=(256, 128), size_divisor=32)
+    rgb = random_image(90, 140, seed=5)
+    labels, probs = seg(rgb, return_probs=True)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    for size in ((128, 199), (128, 224)):  # each resize lands on uint8 values, as cv2 gives mmseg
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).round().clamp(0, 255)
+    x = (x / 255 - torch.tensor(seg.pretrained_cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(
+        seg.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = F.interpolate(model(x), size=(90, 140), mode="bilinear", align_corners=False)[0].softmax(0)
+    np.testing.assert_allclose(probs, ref.numpy(), atol=1e-5)
+    assert labels.shape == (90, 140)
+    unaligned = Segmenter(model, mode="whole", test_scale=(256, 128), size_divisor=False)(rgb, return_probs=True)[1]
+    assert np.abs(unaligned - probs).max() > 1e-3  # the rounding is not a no-op
+
+
+def test_protocol_description_and_mode_come_from_the_tag():
+    ade = protocol_segmenter("segret_tiny", "ade20k")
+    assert ade.describe() == ("keep-ratio resize to fit 2048x512 (long x short), sides rounded up to a multiple of "
+                              "32; whole inference; single scale; logits resized to the original size")
+    ms = protocol_segmenter("segret_large", "ade20k", tta=True).describe()
+    assert "fit 2048x640" in ms and "scales 0.5, 0.75, 1, 1.25, 1.5, 1.75 of that with horizontal flip" in ms
+    city = protocol_segmenter("segret_tiny", "cityscapes").describe()
+    assert "fit 2048x1024" in city and "multiple" not in city and "whole inference" in city
+    assert protocol_segmenter("segret_tiny", "cityscapes", mode="slide").mode == "slide"  # explicit wins
+    untagged = Segmenter(SegRet(backbone=MINI, num_classes=5, decoder_channels=16), fold=False)
+    assert untagged.mode == "auto" and untagged.size_divisor is None
+
+
 # ------------------------------------------------------------------------------- sizes and values
 @pytest.mark.parametrize("hw", [(333, 500), (900, 2000)])
 def test_output_has_image_size_and_matches_reference_whole(model, hw):

@@ -198,6 +198,9 @@ def run_demo(
         model="segret_tiny", model_kwargs=model_kwargs, num_classes=num_classes, id2label=id2label,
         train_dataset=train_ds, val_dataset=val_ds, iters=iters, batch_size=bs, lr=float(settings["lr"]),
         weight_decay=float(settings["weight_decay"]), warmup_iters=int(settings["warmup_iters"]),
+        # from scratch: no pretrained norms to protect (the recipes' lr x0.1 is for fine-tuning); no decay on
+        # norms, biases or other 1-D parameters (the timm convention), only on weight matrices and kernels
+        encoder_norm_lr_mult=1.0, norm_decay_mult=0.0, bias_decay_mult=0.0,
         warmup_ratio=1e-3, poly_power=float(settings["poly_power"]), min_lr=0.0, crop_size=(size, size),
         scale=(size, size), eval_interval=iters + 1, ckpt_interval=iters + 1, eval_batch_size=64,
         time_budget_s=train_budget, workers=0, seed=seed, out_dir=str(out / "run"), progress=progress,

@@ -13,6 +13,7 @@ from segret_zoo.errors import UserError
 from segret_zoo.evaluate import evaluate, format_table, write_metrics
 from segret_zoo.factory import load_model
 from segret_zoo.files import prepare_output_dir
+from segret_zoo.inference.predictor import Segmenter
 
 __all__ = ["add_cli", "run_eval"]
 
@@ -42,12 +43,15 @@ def run_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = _load_model(args.model, args.checkpoint, dataset.num_classes)
     dtype = None if args.dtype == "fp32" else args.dtype
-    results = evaluate(model, dataset, mode=args.mode, tta=args.tta, device=device, dtype=dtype,
-                       progress=not args.no_progress, limit=args.limit, compile=args.compile)
+    segmenter = Segmenter(model, mode=args.mode, tta=args.tta, device=device, dtype=dtype, compile=args.compile)
+    protocol = segmenter.describe()
+    print(f"protocol: {protocol}", flush=True)  # before the run: a long evaluation says up front what it does
+    results = evaluate(model, dataset, progress=not args.no_progress, limit=args.limit, predictor=segmenter.predict)
     print(format_table(results))
     out = write_metrics(results, Path(args.out) / "metrics.json", extra={
         "model": args.model, "checkpoint": args.checkpoint, "data": args.data, "split": args.split,
-        "mode": args.mode, "tta": bool(args.tta), "dtype": args.dtype, "device": str(device),
+        "mode": segmenter.mode, "tta": bool(args.tta), "dtype": args.dtype, "device": str(device),
+        "protocol": protocol,
     })
     print(f"metrics written to {out}")
     return 0
@@ -58,17 +62,24 @@ def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate a model on a dataset (aAcc, mIoU, mAcc, per-class IoU/Acc)",
-        description="Evaluate a segmentation model with mmsegmentation's IoU protocol and write DIR/metrics.json.",
+        description="Evaluate a segmentation model with mmsegmentation's IoU protocol and write DIR/metrics.json. "
+                    "Images are prepared as the model's dataset protocol says (the SegRet authors' test "
+                    "pipelines: ADE20K and COCO-Stuff keep-ratio resize to fit 2048x512, 2048x640 for "
+                    "segret_large on ADE20K, sides rounded up to a multiple of 32; Cityscapes 2048x1024; "
+                    "whole inference); the protocol used is printed first.",
     )
     p.add_argument("--model", required=True,
                    help="zoo name (segret_tiny, segret_tiny.ade20k) or a save_pretrained folder")
     p.add_argument("--checkpoint", default=None, help="weights file or save_pretrained folder for --model")
     p.add_argument("--data", required=True,
-                   help="dataset spec: ade20k:PATH, cityscapes:PATH, cocostuff:PATH or folder:PATH")
+                   help="dataset spec: ade20k:PATH, cityscapes:PATH, cocostuff10k:PATH, cocostuff:PATH (164k) "
+                        "or folder:PATH")
     p.add_argument("--split", default="val", help="train or val (default: val)")
-    p.add_argument("--mode", choices=("auto", "whole", "slide"), default="auto",
-                   help="whole-image or sliding-window inference (auto: slide for images much larger than the crop)")
-    p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
+    p.add_argument("--mode", choices=("auto", "whole", "slide"), default=None,
+                   help="whole-image or sliding-window inference (auto: slide for images much larger than the crop); "
+                        "default: the model's test protocol (whole, as the SegRet authors evaluate)")
+    p.add_argument("--tta", action="store_true",
+                   help="multi-scale (0.5-1.75 of the test scale) + flip test-time augmentation (the 'MS' figures)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast dtype on GPU (default fp32, the reference setting)")

@@ -30,6 +30,7 @@ _LAZY = {
     "ADE20KDataset": "segret_zoo.data.datasets",
     "CityscapesDataset": "segret_zoo.data.datasets",
     "COCOStuffDataset": "segret_zoo.data.datasets",
+    "COCOStuff10kDataset": "segret_zoo.data.datasets",
     "FolderDataset": "segret_zoo.data.datasets",
     "load_image": "segret_zoo.data.images",
     "load_mask": "segret_zoo.data.images",

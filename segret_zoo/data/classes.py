@@ -29,6 +29,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DATASET_DEFAULTS",
+    "DATA_KINDS",
     "slide_stride",
     "canonical_dataset_name",
     "get_classes",
@@ -41,14 +42,32 @@ IGNORE_INDEX = 255  # mask value that the loss and the metric skip
 IMAGENET_MEAN: Tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)  # type: ignore[assignment]
 IMAGENET_STD: Tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)  # type: ignore[assignment]
 
-# dataset tag -> label set and evaluation protocol (mmsegmentation's configs for the three benchmarks)
+# dataset tag -> label set and evaluation protocol (the SegRet authors' mmsegmentation configs).
+# test_scale: keep-ratio rescale target (long, short) of mmcv's rule; test_size_divisor: each side of
+# the rescaled image is then rounded UP to a multiple of it (SegFormer's AlignedResize, which the
+# ADE20K and COCO-Stuff test pipelines use; None: no rounding, as Cityscapes'); test_mode: "whole"
+# inference (one pass over the resized image) in every config. The "cocostuff" tag is the paper's
+# COCO-Stuff 10k (its published weights were trained and scored on 10k; 164k shares the 171 classes).
 DATASET_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "ade20k": dict(num_classes=150, test_scale=(2048, 512), crop_size=(512, 512), reduce_zero_label=True,
+    "ade20k": dict(num_classes=150, test_scale=(2048, 512), test_size_divisor=32, test_mode="whole",
+                   crop_size=(512, 512), reduce_zero_label=True,
                    dataset_name="ADE20K (SceneParsing, 150 classes)", license="bsd-3-clause"),
-    "cityscapes": dict(num_classes=19, test_scale=(2048, 1024), crop_size=(512, 1024), reduce_zero_label=False,
+    "cityscapes": dict(num_classes=19, test_scale=(2048, 1024), test_size_divisor=None, test_mode="whole",
+                       crop_size=(512, 1024), reduce_zero_label=False,
                        dataset_name="Cityscapes (19 train ids)", license="other"),
-    "cocostuff": dict(num_classes=171, test_scale=(2048, 512), crop_size=(512, 512), reduce_zero_label=False,
-                      dataset_name="COCO-Stuff 164k (171 classes)", license="cc-by-4.0"),
+    "cocostuff": dict(num_classes=171, test_scale=(2048, 512), test_size_divisor=32, test_mode="whole",
+                      crop_size=(512, 512), reduce_zero_label=True,
+                      dataset_name="COCO-Stuff 10k (171 classes)", license="cc-by-4.0"),
+}
+
+# ``--data KIND:PATH`` kinds of the known benchmarks -> the tag whose label set and test protocol they
+# use, and what a model trained on them records (the annotation encoding differs between the splits:
+# COCO-Stuff 10k as mmseg's converter writes it is 1-based with 0 = unlabeled, 164k is 0-based).
+DATA_KINDS: Dict[str, Dict[str, Any]] = {
+    "ade20k": dict(tag="ade20k", dataset_name="ADE20K (SceneParsing, 150 classes)", reduce_zero_label=True),
+    "cityscapes": dict(tag="cityscapes", dataset_name="Cityscapes (19 train ids)", reduce_zero_label=False),
+    "cocostuff10k": dict(tag="cocostuff", dataset_name="COCO-Stuff 10k (171 classes)", reduce_zero_label=True),
+    "cocostuff": dict(tag="cocostuff", dataset_name="COCO-Stuff 164k (171 classes)", reduce_zero_label=False),
 }
 
 
@@ -204,6 +223,7 @@ _ALIASES = {
     "ade": "ade20k", "ade20k": "ade20k", "ade150": "ade20k", "adechallengedata2016": "ade20k",
     "cityscapes": "cityscapes", "city": "cityscapes",
     "cocostuff": "cocostuff", "cocostuff164k": "cocostuff", "cocostuff171": "cocostuff",
+    "cocostuff10k": "cocostuff",
 }
 
 

@@ -2,8 +2,8 @@
 
 Every dataset yields ``(image, mask)``: an H×W×3 uint8 RGB image and an H×W uint8 mask of train ids
 with 255 as "ignore", or whatever ``transform(image, mask)`` returns. Raw label encodings are mapped
-on load (ADE20K reduce-zero-label, Cityscapes labelIds -> trainIds, COCO-Stuff 182 raw ids -> 171),
-so a model and its metric only ever see ``0..K-1`` and 255.
+on load (ADE20K and COCO-Stuff 10k reduce-zero-label, Cityscapes labelIds -> trainIds, COCO-Stuff
+164k's 182 raw ids -> 171), so a model and its metric only ever see ``0..K-1`` and 255.
 
 Why the checks: a wrong ``--data`` path or a half-extracted archive is the most common way a long
 training run dies late (or, worse, trains on nothing). Each dataset therefore verifies its layout on
@@ -34,6 +34,7 @@ from segret_zoo.errors import DatasetLayoutError, ImageReadError, MaskValueError
 
 __all__ = [
     "ADE20KDataset",
+    "COCOStuff10kDataset",
     "COCOStuffDataset",
     "CityscapesDataset",
     "DatasetLayoutError",
@@ -345,6 +346,45 @@ class COCOStuffDataset(SegDataset):
         super().__init__(root, split, COCOSTUFF_CLASSES, samples, transform)
 
 
+class COCOStuff10kDataset(SegDataset):
+    """COCO-Stuff 10k (171 classes), the split the SegRet paper reports, in mmsegmentation's layout.
+
+    mmseg's converter (``tools/convert_datasets/coco_stuff10k.py``) moves the images to
+    ``images/{train2014,test2014}`` and writes ``annotations/{train2014,test2014}/<name>_labelTrainIds.png``
+    (older versions: ``<name>.png`` for the test split) holding the 1-based class ids 1..171 with
+    0 = unlabeled; mmseg's configs then reduce the zero label (0 -> 255, k -> k - 1), as done here.
+    """
+
+    name = "cocostuff10k"
+    dataset_key = "cocostuff"
+    layout = ("images/{train2014,test2014}/<name>.jpg and "
+              "annotations/{train2014,test2014}/<name>_labelTrainIds.png (or <name>.png)")
+    SPLITS = {"train": "train2014", "val": "test2014", "test": "test2014"}
+
+    def __init__(self, root: PathLike, split: str = "val", transform: Optional[Transform] = None) -> None:
+        root = Path(root).expanduser()
+        what = f"COCO-Stuff 10k ({root})"
+        folder = _split_folder(split, self.SPLITS, what)
+        img_dir, ann_dir = root / "images" / folder, root / "annotations" / folder
+        _require_dir(root, what, self.layout)
+        _require_dir(img_dir, what, self.layout)
+        _require_dir(ann_dir, what, self.layout)
+        mapping = LabelMapping.from_lut(ADE20K_REDUCE_ZERO_LABEL, range(len(COCOSTUFF_CLASSES) + 1),
+                                        "COCO-Stuff 10k ids 0..171 (0 = unlabeled)")
+
+        def mask_for(img: Path) -> Optional[Path]:
+            for name in (img.stem + "_labelTrainIds.png", img.stem + ".png"):
+                m = ann_dir / name
+                if m.is_file():
+                    return m
+            return None
+
+        samples = _pair(_list_files(img_dir, IMAGE_EXTENSIONS), mask_for,
+                        lambda i: ann_dir / (i.stem + "_labelTrainIds.png"), lambda m: mapping, what, self.layout,
+                        img_dir)
+        super().__init__(root, split, COCOSTUFF_CLASSES, samples, transform)
+
+
 def read_class_names(path: Path) -> Tuple[str, ...]:
     """Class names from a text file, one per line (blank lines skipped); ValueError if unusable."""
     names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
@@ -408,10 +448,12 @@ DATASET_TYPES: Dict[str, type] = {
     "ade20k": ADE20KDataset,
     "cityscapes": CityscapesDataset,
     "cocostuff": COCOStuffDataset,
+    "cocostuff10k": COCOStuff10kDataset,
     "folder": FolderDataset,
 }
 _SPEC_ALIASES = {"ade": "ade20k", "coco-stuff": "cocostuff", "coco_stuff": "cocostuff",
-                 "cocostuff164k": "cocostuff"}
+                 "cocostuff164k": "cocostuff", "coco-stuff10k": "cocostuff10k", "coco_stuff10k": "cocostuff10k",
+                 "cocostuff-10k": "cocostuff10k", "coco-stuff-10k": "cocostuff10k"}
 
 
 def _detect(root: Path) -> Optional[str]:
@@ -422,6 +464,8 @@ def _detect(root: Path) -> Optional[str]:
         return "cityscapes"
     if (root / "images" / "train2017").is_dir() or (root / "images" / "val2017").is_dir():
         return "cocostuff"
+    if (root / "images" / "train2014").is_dir() or (root / "images" / "test2014").is_dir():
+        return "cocostuff10k"
     if (root / "classes.txt").is_file():
         return "folder"
     return None
@@ -446,7 +490,7 @@ def parse_spec(spec: str) -> Tuple[str, Path]:
 
 
 def build_dataset(spec: str, split: str = "val", transform: Optional[Transform] = None) -> SegDataset:
-    """Build a dataset from a CLI-style spec: ``ade20k:PATH``, ``cityscapes:PATH``, ``cocostuff:PATH``
-    or ``folder:PATH``. ``split`` is "train" or "val" (mapped to each dataset's own folder names)."""
+    """Build a dataset from a CLI-style spec: ``ade20k:PATH``, ``cityscapes:PATH``, ``cocostuff10k:PATH``,
+    ``cocostuff:PATH`` (164k) or ``folder:PATH``. ``split`` is "train" or "val" (mapped to each dataset's own folder names)."""
     kind, root = parse_spec(spec)
     return DATASET_TYPES[kind](root, split=split, transform=transform)

@@ -43,6 +43,7 @@ __all__ = [
     "RandomResize",
     "Resize",
     "ToTensor",
+    "align_size",
     "build_eval_transform",
     "build_train_transform",
     "hsv_to_rgb",
@@ -127,6 +128,13 @@ def rescale_size(height: int, width: int, scale: Sequence[float]) -> Tuple[int, 
     long_edge, short_edge = max(scale), min(scale)
     factor = min(long_edge / max(height, width), short_edge / min(height, width))
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def align_size(height: int, width: int, divisor: int) -> Tuple[int, int]:
+    """Each side rounded UP to a multiple of ``divisor``: SegFormer's ``AlignedResize``, which the ADE20K
+    and COCO-Stuff test pipelines of SegFormer-style configs apply after the keep-ratio rescale
+    (a second resize, to this size), so every stage of a stride-32 encoder sees whole pixels."""
+    return -(-height // divisor) * divisor, -(-width // divisor) * divisor
 
 
 def _target_size(height: int, width: int, scale: Sequence[float], keep_ratio: bool) -> Tuple[int, int]:

@@ -132,11 +132,11 @@ labels = seg("image.jpg")               # H x W class indices at the image size
 ## Preprocessing
 
 - RGB scaled to 0-1, then normalised with mean {{ mean }} and std {{ std }}.
-- Test scale {{ test_scale }} (long x short side, aspect ratio kept); crop {{ crop }} (H x W).
+- Test scale {{ test_scale }} (long x short side, aspect ratio kept){{ divisor }}; crop {{ crop }} (H x W).
 
 ## Evaluation protocol
 
-- {{ mode }} inference, window {{ window }}, stride {{ stride }}; multi-scale: scales {{ ms_scales }} with horizontal flip.
+- {{ mode }} inference{{ window_text }}; multi-scale: scales {{ ms_scales }} with horizontal flip.
 - Metric: mIoU over {{ num_classes }} classes, ignore index {{ ignore_index }}.
 
 ## Results
@@ -181,8 +181,11 @@ def _card_fields(config: Dict[str, Any], repo_id: Optional[str]) -> Dict[str, An
                        'or `segret_zoo.create_model(NAME, checkpoint_path="model.safetensors")`.',
         "mean": pre.get("mean"), "std": pre.get("std"),
         "test_scale": _fmt_size(pre.get("test_scale")), "crop": _fmt_size(pre.get("crop_size")),
-        "mode": ev.get("mode", "slide"), "window": _fmt_size(ev.get("crop_size")),
-        "stride": _fmt_size(ev.get("stride")), "ms_scales": ev.get("ms_scales"),
+        "divisor": (f", then each side rounded up to a multiple of {pre['size_divisor']}"
+                    if pre.get("size_divisor") else ""),
+        "mode": ev.get("mode", "slide"), "ms_scales": ev.get("ms_scales"),
+        "window_text": (f", window {_fmt_size(ev.get('crop_size'))}, stride {_fmt_size(ev.get('stride'))}"
+                        if ev.get("mode", "slide") == "slide" else " (the whole resized image at once)"),
         "ignore_index": ev.get("ignore_index", 255),
         "results": ("Measured on these weights: " + json.dumps(metrics)) if metrics else
                    "No metrics have been measured for these weights (see `segret-zoo eval`).",
@@ -306,10 +309,11 @@ class HubMixin(
                 "input": "RGB, 0-1 range (uint8 / 255), then (x - mean) / std",
                 "mean": pcfg.get("mean"), "std": pcfg.get("std"),
                 "test_scale": pcfg.get("test_scale"), "keep_ratio": True,
+                "size_divisor": pcfg.get("test_size_divisor"),
                 "crop_size": crop,
             },
             "evaluation": {
-                "mode": "slide" if crop else "whole",
+                "mode": pcfg.get("test_mode") or ("slide" if crop else "whole"),
                 "crop_size": crop, "stride": pcfg.get("stride"),
                 "ms_scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], "flip": True,
                 "metric": "mIoU", "ignore_index": pcfg.get("ignore_index", 255),

@@ -2,9 +2,11 @@
 
 ``Segmenter(model)(image)`` returns a label map at the image's original size. Everything that the
 evaluation protocol fixes is taken from ``model.pretrained_cfg`` so that a pretrained model is used
-exactly as it was scored: ImageNet mean/std, keep-ratio rescale to the test scale with mmseg's rule,
-whole or sliding-window inference with border-aligned windows, and multi-scale + flip test-time
-augmentation that averages softmax probabilities at the original size.
+exactly as it was scored: ImageNet mean/std, keep-ratio rescale to the test scale with mmseg's rule
+(then, where the dataset's protocol says so, each side rounded up to a multiple of 32 by a second
+resize, as SegFormer's ``AlignedResize``), whole or sliding-window inference with border-aligned
+windows, and multi-scale + flip test-time augmentation that averages softmax probabilities at the
+original size. :meth:`Segmenter.describe` says in one line which protocol an instance follows.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 
 from segret_zoo.data.classes import IMAGENET_MEAN, IMAGENET_STD, slide_stride
 from segret_zoo.data.images import ImageInput, ImageReadError, load_image, to_rgb_array
-from segret_zoo.data.transforms import rescale_size
+from segret_zoo.data.transforms import align_size, rescale_size
 from segret_zoo.devices import resolve_dtype
 from segret_zoo.inference.fold import fold_for_inference
 from segret_zoo.inference.postprocess import DEFAULT_TILE_BYTES, labels_from_views
@@ -81,7 +83,8 @@ class Segmenter:
         model: an ``nn.Module`` mapping a normalized B×3×H×W batch to B×K×H×W logits (any H, W), with a
             timm-style ``pretrained_cfg`` dict (``mean``/``std`` on a 0-1 scale, ``test_scale``,
             ``crop_size``, ``stride``) and ``num_classes``. It is switched to eval mode.
-        mode: ``"whole"`` runs the resized image in one pass; ``"slide"`` runs ``crop_size`` windows
+        mode: default ``pretrained_cfg["test_mode"]`` (the dataset's protocol: ``"whole"`` for the
+            zoo's tags), else ``"auto"``. ``"whole"`` runs the resized image in one pass; ``"slide"`` runs ``crop_size`` windows
             at ``stride`` (mmseg's slide_inference: border-aligned windows, overlapping logits summed
             and divided by their count; a dimension smaller than the crop gets one window of the
             image's size, so slide equals whole when one window covers the image); ``"auto"`` uses
@@ -99,6 +102,9 @@ class Segmenter:
             upsampled and reduced in float32. Default float32.
         test_scale: keep-ratio rescale target (long, short), default ``pretrained_cfg["test_scale"]``;
             ``False`` keeps the image's own size.
+        size_divisor: after the rescale, round each side up to a multiple of this by a second
+            resize (SegFormer's ``AlignedResize``; the ADE20K and COCO-Stuff protocols use 32), default
+            ``pretrained_cfg["test_size_divisor"]``; ``None`` there or ``False`` here: no rounding.
         crop_size, stride: sliding-window size and step (H, W), default from ``pretrained_cfg``
             (stride defaults to 2/3 of the crop, as mmseg configs use).
         batch_size: images per forward pass in whole mode. Images of different sizes are zero-padded
@@ -116,13 +122,14 @@ class Segmenter:
     def __init__(
         self,
         model: torch.nn.Module,
-        mode: str = "auto",
+        mode: Optional[str] = None,
         tta: bool = False,
         scales: Optional[Sequence[float]] = None,
         flip: Optional[bool] = None,
         device: Union[None, str, torch.device] = None,
         dtype: Union[None, str, torch.dtype] = None,
         test_scale: Union[None, bool, Sequence[int]] = None,
+        size_divisor: Union[None, bool, int] = None,
         crop_size: Union[None, int, Sequence[int]] = None,
         stride: Union[None, int, Sequence[int]] = None,
         batch_size: int = 1,
@@ -132,9 +139,11 @@ class Segmenter:
         compile: bool = False,
         tile_bytes: int = DEFAULT_TILE_BYTES,
     ) -> None:
+        cfg: Dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
+        if mode is None:
+            mode = cfg.get("test_mode") or "auto"
         if mode not in ("auto", "whole", "slide"):
             raise ValueError(f"mode must be 'auto', 'whole' or 'slide', got {mode!r}")
-        cfg: Dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
         if fold and isinstance(model, torch.nn.Module):
             model = fold_for_inference(model)  # a folded copy, or the model itself if nothing folds
         if device is None:
@@ -164,6 +173,11 @@ class Segmenter:
             test_scale = cfg.get("test_scale")
         self.test_scale: Optional[Tuple[int, int]] = (
             None if test_scale is None or test_scale is False else _pair(test_scale, "test_scale"))
+        if size_divisor is None:
+            size_divisor = cfg.get("test_size_divisor")
+        self.size_divisor: Optional[int] = None if size_divisor in (None, False, 0) else int(size_divisor)
+        if self.size_divisor is not None and self.size_divisor < 1:
+            raise ValueError(f"size_divisor must be a positive integer, got {size_divisor!r}")
         self.crop_size = _pair(crop_size if crop_size is not None else cfg.get("crop_size", (512, 512)),
                                "crop_size")
         if stride is None:
@@ -183,7 +197,8 @@ class Segmenter:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(mode={self.mode!r}, scales={self.scales}, flip={self.flip}, "
-                f"test_scale={self.test_scale}, crop_size={self.crop_size}, stride={self.stride}, "
+                f"test_scale={self.test_scale}, size_divisor={self.size_divisor}, crop_size={self.crop_size}, "
+                f"stride={self.stride}, "
                 f"device={str(self.device)!r}, dtype={self.dtype})")
 
     @classmethod
@@ -305,27 +320,64 @@ class Segmenter:
         ch, cw = self.crop_size
         return "slide" if height * width > self.slide_margin * ch * cw else "whole"
 
-    def target_size(self, height: int, width: int, ratio: float = 1.0) -> Tuple[int, int]:
-        """Size the image is resized to before the model for a TTA ratio (mmseg's MultiScaleFlipAug:
-        the ratio scales the test scale, then the keep-ratio rescale rule applies)."""
+    def resize_steps(self, height: int, width: int, ratio: float = 1.0) -> List[Tuple[int, int]]:
+        """The sizes an image goes through before the model for a TTA ratio, in order (empty: none).
+
+        mmseg's MultiScaleFlipAug: the ratio scales the test scale, then mmcv's keep-ratio rescale
+        rule gives the first size; with a ``size_divisor`` a second resize (SegFormer's
+        ``AlignedResize``) takes each side up to a multiple of it. Each step is its own resize of
+        the previous step's uint8 image, as in the authors' pipeline.
+        """
         if self.test_scale is None:
             if ratio == 1.0:
-                return height, width
-            scale: Tuple[float, float] = (int(width * ratio), int(height * ratio))
+                size = (height, width)
+            else:
+                size = rescale_size(height, width, (int(width * ratio), int(height * ratio)))
         else:
-            scale = (int(self.test_scale[0] * ratio), int(self.test_scale[1] * ratio))
-        return rescale_size(height, width, scale)
+            size = rescale_size(height, width, (int(self.test_scale[0] * ratio), int(self.test_scale[1] * ratio)))
+        steps = [size] if size != (height, width) else []
+        if self.size_divisor is not None:
+            aligned = align_size(size[0], size[1], self.size_divisor)
+            if aligned != size:
+                steps.append(aligned)
+        return steps
+
+    def target_size(self, height: int, width: int, ratio: float = 1.0) -> Tuple[int, int]:
+        """Size the image has when it enters the model for a TTA ratio (the last of :meth:`resize_steps`)."""
+        steps = self.resize_steps(height, width, ratio)
+        return steps[-1] if steps else (height, width)
+
+    def describe(self) -> str:
+        """The protocol in one line, e.g. for ``segret-zoo eval`` to say how its figures were made."""
+        if self.test_scale is None:
+            resize = "no resize (the image's own size)"
+        else:
+            resize = f"keep-ratio resize to fit {self.test_scale[0]}x{self.test_scale[1]} (long x short)"
+        if self.size_divisor is not None:
+            resize += f", sides rounded up to a multiple of {self.size_divisor}"
+        if self.mode == "slide":
+            how = (f"sliding {self.crop_size[0]}x{self.crop_size[1]} windows at stride "
+                   f"{self.stride[0]}x{self.stride[1]}")
+        elif self.mode == "whole":
+            how = "whole inference"
+        else:
+            how = (f"auto inference (sliding {self.crop_size[0]}x{self.crop_size[1]} windows above "
+                   f"{self.slide_margin:g}x their area, else whole)")
+        if self.scales == (1.0,) and not self.flip:
+            views = "single scale"
+        else:
+            views = ("scales " + ", ".join(f"{r:g}" for r in self.scales) + " of that"
+                     + (" with horizontal flip" if self.flip else "") + ", softmax averaged")
+        return f"{resize}; {how}; {views}; logits resized to the original size"
 
     # ---------------------------------------------------------------- internals
     def _resize(self, img: torch.Tensor, ratio: float) -> torch.Tensor:
         h, w = img.shape[-2:]
-        size = self.target_size(h, w, ratio)
-        if size == (h, w):
-            return img
-        # bilinear, half-pixel centres, no antialias, rounded to uint8 values: what cv2.resize
-        # (INTER_LINEAR) gives mmseg's pipeline
-        out = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
-        return out.round_().clamp_(0.0, 255.0)
+        for size in self.resize_steps(h, w, ratio):
+            # bilinear, half-pixel centres, no antialias, rounded to uint8 values: what cv2.resize
+            # (INTER_LINEAR) gives mmseg's pipeline, once per step
+            img = F.interpolate(img, size=size, mode="bilinear", align_corners=False).round_().clamp_(0.0, 255.0)
+        return img
 
     def _normalize(self, img: torch.Tensor) -> torch.Tensor:
         return (img - self._mean) * self._inv_std

@@ -64,11 +64,17 @@ def default_pretrained_cfg(
         num_classes: Optional[int] = None,
         id2label: Optional[Mapping[int, str]] = None,
 ) -> Dict[str, Any]:
-    """The timm-style ``pretrained_cfg`` of a variant and dataset tag (preprocessing, protocol, Hub location)."""
+    """The timm-style ``pretrained_cfg`` of a variant and dataset tag (preprocessing, protocol, Hub location).
+
+    The test protocol is the authors' config's for that pair: ``test_scale`` (keep-ratio rescale
+    target), ``test_size_divisor`` (sides rounded up to a multiple of it afterwards; None: none) and
+    ``test_mode``; without a tag the predictor's own choices apply (None).
+    """
     data = DATASET_DEFAULTS.get(tag or "", {})
     crop = tuple(data.get("crop_size", (512, 512)))
-    if architecture == "segret_large" and tag == "ade20k":
-        crop = (640, 640)
+    test_scale = tuple(data.get("test_scale", (2048, 512)))
+    if architecture == "segret_large" and tag == "ade20k":  # the large model's ADE20K config: 640 px
+        crop, test_scale = (640, 640), (2048, 640)
     cfg: Dict[str, Any] = {
         "architecture": architecture,
         "tag": tag,
@@ -77,7 +83,9 @@ def default_pretrained_cfg(
         "hf_hub_filename": "model.safetensors",
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
-        "test_scale": tuple(data.get("test_scale", (2048, 512))),
+        "test_scale": test_scale,
+        "test_size_divisor": data.get("test_size_divisor"),
+        "test_mode": data.get("test_mode"),
         "crop_size": crop,
         "stride": slide_stride(crop),
         "num_classes": num_classes if num_classes is not None else data.get("num_classes"),

@@ -19,6 +19,7 @@ Design points (and why):
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -40,8 +41,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from segret_zoo.data.checks import CHECK_MODES, check_dataset
-from segret_zoo.data.classes import DATASET_DEFAULTS, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, slide_stride
-from segret_zoo.data.datasets import build_dataset
+from segret_zoo.data.classes import (
+    DATA_KINDS,
+    DATASET_DEFAULTS,
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    slide_stride,
+)
+from segret_zoo.data.datasets import build_dataset, parse_spec
 from segret_zoo.data.transforms import build_train_transform, seed_worker
 from segret_zoo.devices import resolve_device
 from segret_zoo.errors import CheckpointError, DatasetLayoutError, ResumeMismatchError, UserError
@@ -49,6 +57,7 @@ from segret_zoo.evaluate import evaluate
 from segret_zoo.factory import load_model
 from segret_zoo.files import clean_stale_temporaries, prepare_output_dir, write_json_atomic, write_text_atomic
 from segret_zoo.metrics import IoUMetric
+from segret_zoo.models.segret import default_pretrained_cfg
 from segret_zoo.train import distributed as D
 from segret_zoo.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -61,21 +70,32 @@ from segret_zoo.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from segret_zoo.train.optim import build_optimizer, build_scheduler
+from segret_zoo.train.optim import PARAMWISE, build_optimizer, build_scheduler, describe_groups, param_groups
 from segret_zoo.train.plot import plot_curves
-from segret_zoo.train.recipes import get_recipe
+from segret_zoo.train.recipes import (
+    NO_RECIPE,
+    RECIPES,
+    model_size,
+    recipe_dataset,
+    recipe_for,
+    resolve_recipe_name,
+)
 
-__all__ = ["TrainConfig", "train", "resolve_config", "NonFiniteLossError", "METRICS_FILE", "PLOT_FILE"]
+__all__ = ["TrainConfig", "train", "resolve_config", "planned_param_groups", "config_dict", "NonFiniteLossError",
+           "METRICS_FILE", "PLOT_FILE", "BUILTIN_DEFAULTS"]
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "curves.png"
 _AMP = ("none", "bf16", "fp16")
 
 
-# what a field left at None gets when no recipe sets it either
+# what a field left at None gets when no recipe sets it either: a short fine-tuning run with the
+# configs' common settings (AdamW 1e-4, decay 0.01, poly 0.9 to 0, no warm-up) and the parameter
+# groups of the nine configs with a paramwise_cfg (encoder norms at lr x0.1, no decay on norms,
+# biases and gammas decayed as mmcv does: optim.PARAMWISE)
 BUILTIN_DEFAULTS: Dict[str, Any] = dict(
     model="segret_tiny", seed=0, head_lr_mult=1.0, iters=1000, batch_size=8, lr=1e-4, weight_decay=0.01,
-    warmup_iters=1500, warmup_ratio=1e-6, poly_power=1.0, min_lr=0.0, crop_size=(512, 512),
+    warmup_iters=0, warmup_ratio=1e-6, poly_power=0.9, min_lr=0.0, **PARAMWISE, crop_size=(512, 512),
     scale=(2048, 512), eval_interval=1000, ckpt_interval=1000,
 )
 
@@ -90,7 +110,11 @@ class TrainConfig:
 
     A ``recipe`` fills crop/batch/iters/scale/lr/schedule/intervals for every field left at None
     (not given); fields you set yourself always win, even when they equal a built-in default. What
-    neither sets comes from ``BUILTIN_DEFAULTS``. ``scale=False`` trains without the random resize.
+    neither sets comes from ``BUILTIN_DEFAULTS``. ``recipe=None`` picks the authors' recipe for the
+    model's size and the ``data`` kind (``segret_small`` + ``ade20k:...`` -> ``small-ade20k``) when
+    both are known; ``recipe="none"`` uses none. ``sources`` is filled by :func:`resolve_config`:
+    where each value came from (``flag``, ``recipe NAME``, ``default``, ``resumed run``).
+    ``scale=False`` trains without the random resize.
     ``stop_at`` ends the run early at that iteration while the schedule still runs to ``iters`` (so
     a later ``resume`` continues it exactly; a resume refuses changed run settings, see
     ``_RESUME_FIXED``; ``init_from`` starts a new schedule from a run's weights).
@@ -113,6 +137,9 @@ class TrainConfig:
     lr: Optional[float] = None
     weight_decay: Optional[float] = None
     head_lr_mult: Optional[float] = None
+    encoder_norm_lr_mult: Optional[float] = None  # lr x this for the encoder's norms (block LNs, stem/downsample BNs)
+    norm_decay_mult: Optional[float] = None  # weight decay x this for every norm's weight and bias
+    bias_decay_mult: Optional[float] = None  # weight decay x this for biases, layer-scale gammas, other 1-D tensors
     warmup_iters: Optional[int] = None
     warmup_ratio: Optional[float] = None
     poly_power: Optional[float] = None
@@ -144,6 +171,7 @@ class TrainConfig:
     eval_batch_size: Optional[int] = None
     overwrite: bool = False
     handle_signals: bool = True
+    sources: Dict[str, str] = field(default_factory=dict)  # filled by resolve_config
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,17 +186,86 @@ def _pair(value: Any, what: str) -> Tuple[int, int]:
     return v  # type: ignore[return-value]
 
 
+def _data_kind(data: Optional[str]) -> Optional[str]:
+    """The dataset kind of a ``data`` spec (``ade20k``, ``cocostuff10k``, ``folder`` ...), None if unknown."""
+    if not data:
+        return None
+    try:
+        return parse_spec(data)[0]
+    except (ValueError, OSError):  # a bad spec is reported when the dataset is built
+        return None
+
+
+def _pick_recipe(cfg: TrainConfig, model: str) -> Tuple[Optional[str], str]:
+    """(recipe name or None, where that choice came from)."""
+    size = model_size(model)
+    if cfg.recipe == NO_RECIPE:
+        return None, "flag"
+    if cfg.recipe:
+        name = resolve_recipe_name(cfg.recipe, size)
+        return name, "flag" if name == cfg.recipe else f"flag ({cfg.recipe} for {model})"
+    kind = _data_kind(cfg.data)
+    name = recipe_for(size, recipe_dataset(kind))
+    if name is not None:
+        return name, f"auto: {model} on {kind} ({RECIPES[name]['config']})"
+    if cfg.data is None:
+        why = "training data given as a dataset object"
+    elif recipe_dataset(kind) is None:
+        why = f"no recipe for {kind or 'this'} data"
+    else:
+        why = f"the size of model {model} is unknown"
+    return None, f"auto: none ({why}; name one with --recipe)"
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    src = cfg.sources
+    for name in ("iters", "batch_size", "accum_steps", "eval_interval", "ckpt_interval", "log_interval"):
+        if int(getattr(cfg, name)) <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
+    if cfg.lr <= 0:
+        raise ValueError(f"lr must be positive, got {cfg.lr}")
+    for name in ("weight_decay", "warmup_iters", "min_lr", "head_lr_mult", "encoder_norm_lr_mult", "norm_decay_mult",
+                 "bias_decay_mult", "poly_power"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
+    if not 0 < cfg.warmup_ratio <= 1:
+        raise ValueError(f"warmup_ratio must be in (0, 1], got {cfg.warmup_ratio!r}")
+    if cfg.warmup_iters > cfg.iters:
+        raise ValueError(
+            f"warmup_iters {cfg.warmup_iters} ({src.get('warmup_iters')}) exceeds iters {cfg.iters} "
+            f"({src.get('iters')}): the learning rate would never reach its peak; pass a warm-up of at most "
+            f"{cfg.iters} iterations (--warmup-iters N, 0 for none)")
+
+
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """Fill what was not given (None) from the recipe, then ``BUILTIN_DEFAULTS``; normalize and check.
+    """Fill what was not given (None) from the recipe, then ``BUILTIN_DEFAULTS``; normalize and check;
+    record in ``cfg.sources`` where every value came from.
 
     Why None and not the default value as "not given": a user who asks for the default explicitly
-    (``--eval-interval 1000`` with a recipe whose interval is 16000) must get it.
+    (``--eval-interval 1000`` with a recipe whose interval is 4000) must get it.
     """
     cfg = dataclasses.replace(cfg)
-    recipe = get_recipe(cfg.recipe) if cfg.recipe else {}
+    sources: Dict[str, str] = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in ("sources", "train_dataset", "val_dataset"):
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        value = getattr(cfg, f.name)
+        sources[f.name] = "default" if value is None or _plain(value) == _plain(default) else "flag"
+    if cfg.model is None:
+        cfg.model = BUILTIN_DEFAULTS["model"]
+    name, sources["recipe"] = _pick_recipe(cfg, cfg.model)
+    cfg.recipe = name
+    recipe = RECIPES[name] if name else {}
     for key, builtin in BUILTIN_DEFAULTS.items():
         if getattr(cfg, key) is None:
-            setattr(cfg, key, recipe.get(key, builtin))
+            if key in recipe:
+                setattr(cfg, key, copy.deepcopy(recipe[key]))
+                sources[key] = f"recipe {name}"
+            else:
+                setattr(cfg, key, builtin)
+                sources[key] = "default"
+    cfg.sources = sources
     if cfg.check_data not in CHECK_MODES:
         raise ValueError(f"check_data must be one of {', '.join(CHECK_MODES)}, got {cfg.check_data!r}")
     if cfg.resume and cfg.init_from:
@@ -180,11 +277,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         cfg.scale = _pair(cfg.scale, "scale")
     if cfg.amp not in _AMP:
         raise ValueError(f"amp must be one of {', '.join(_AMP)}, got {cfg.amp!r}")
-    for name in ("iters", "batch_size", "accum_steps", "eval_interval", "ckpt_interval", "log_interval"):
-        if int(getattr(cfg, name)) <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
-    if cfg.lr <= 0:
-        raise ValueError(f"lr must be positive, got {cfg.lr}")
+    _check_ranges(cfg)
     if cfg.stop_at is not None and cfg.stop_at <= 0:
         raise ValueError(f"stop_at must be positive, got {cfg.stop_at}")
     if cfg.train_dataset is None and not cfg.data:
@@ -195,6 +288,31 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         cfg.init_from = os.fspath(cfg.init_from)
     cfg.out_dir = os.fspath(cfg.out_dir)
     return cfg
+
+
+def _group_settings(cfg: TrainConfig) -> Dict[str, float]:
+    """The parameter-group multipliers of a resolved config (see :mod:`segret_zoo.train.optim`)."""
+    return {k: float(getattr(cfg, k)) for k in ("encoder_norm_lr_mult", "norm_decay_mult", "bias_decay_mult")}
+
+
+def planned_param_groups(cfg: TrainConfig) -> Optional[List[Dict[str, Any]]]:
+    """The optimizer groups (:func:`~segret_zoo.train.optim.describe_groups`) a resolved config's run
+    will build, from its model built on the meta device (no memory, no weights); None when the model
+    is not a zoo name (a saved folder or Hub repo is only read when the run starts)."""
+    from segret_zoo.factory import create_model, parse_model_name
+
+    try:
+        arch, _ = parse_model_name(str(cfg.model))
+    except ValueError:
+        return None
+    num_classes = cfg.num_classes
+    info = DATA_KINDS.get(_data_kind(cfg.data) or "")
+    if num_classes is None and info is not None:
+        num_classes = int(DATASET_DEFAULTS[info["tag"]]["num_classes"])
+    model = create_model(arch, num_classes=num_classes, device="meta", **cfg.model_kwargs)
+    groups = param_groups(model, float(cfg.lr), float(cfg.weight_decay), float(cfg.head_lr_mult),
+                          **_group_settings(cfg))
+    return describe_groups(groups)
 
 
 def config_dict(cfg: TrainConfig) -> Dict[str, Any]:
@@ -295,12 +413,15 @@ def _build_model(cfg: TrainConfig, train_ds: Any) -> nn.Module:
     if isinstance(pcfg, dict):  # the exported model should describe how it was trained / is to be tested
         pcfg["crop_size"] = tuple(cfg.crop_size)
         pcfg["stride"] = slide_stride(cfg.crop_size)
-        if cfg.scale is not None:
+        info = DATA_KINDS.get(_data_kind(cfg.data) or "")
+        if info is not None:  # a benchmark: its official test protocol (the random resize's scale is not it)
+            arch = pcfg.get("architecture") or getattr(model, "architecture", None)
+            proto = default_pretrained_cfg(arch, info["tag"])
+            pcfg.update({k: proto[k] for k in ("test_scale", "test_size_divisor", "test_mode")})
+            pcfg.update(dataset=info["tag"], dataset_name=info["dataset_name"],
+                        reduce_zero_label=info["reduce_zero_label"])
+        elif cfg.scale is not None:
             pcfg["test_scale"] = tuple(cfg.scale)
-        kind = (cfg.data or "").partition(":")[0]
-        if kind in DATASET_DEFAULTS:
-            pcfg["dataset"] = kind
-            pcfg["reduce_zero_label"] = DATASET_DEFAULTS[kind]["reduce_zero_label"]
     return model
 
 
@@ -459,8 +580,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
 # settings that define a run: resuming with another value would not continue it
 _RESUME_FIXED = ("model", "model_kwargs", "num_classes", "batch_size", "iters", "lr", "weight_decay",
-                 "head_lr_mult", "warmup_iters", "warmup_ratio", "poly_power", "min_lr", "crop_size", "scale",
-                 "seed", "class_weights")
+                 "head_lr_mult", "encoder_norm_lr_mult", "norm_decay_mult", "bias_decay_mult", "warmup_iters",
+                 "warmup_ratio", "poly_power", "min_lr", "crop_size", "scale", "seed", "class_weights")
 
 
 def _plain(value: Any) -> Any:
@@ -472,7 +593,7 @@ def _merge_resume(raw: TrainConfig, saved: Dict[str, Any], path: Path) -> TrainC
     that differs from it is refused (one line naming every difference and the way out)."""
     merged = dataclasses.replace(raw)
     given = resolve_config(raw)
-    differences = []
+    differences, taken = [], []
     for name in _RESUME_FIXED:
         if name not in saved:
             continue  # a checkpoint from before this setting was recorded
@@ -484,6 +605,7 @@ def _merge_resume(raw: TrainConfig, saved: Dict[str, Any], path: Path) -> TrainC
             if name == "scale" and old is None:
                 old = False  # recorded "no resize"
             setattr(merged, name, old)
+            taken.append(name)
         elif _plain(getattr(given, name)) != _plain(saved[name]):
             differences.append(f"{name} {_plain(saved[name])} -> {_plain(getattr(given, name))}")
     if differences:
@@ -491,7 +613,9 @@ def _merge_resume(raw: TrainConfig, saved: Dict[str, Any], path: Path) -> TrainC
             f"cannot resume {path}: it continues a run exactly, but this run changes {', '.join(differences)}; "
             f"drop those options to continue it, or start a new schedule from its weights with "
             f"--init-from {path} (init_from=) and another --out")
-    return resolve_config(merged)
+    resolved = resolve_config(merged)
+    resolved.sources.update({name: f"resumed run ({path.name})" for name in taken})
+    return resolved
 
 
 class _Run:
@@ -537,8 +661,6 @@ class _Run:
         if cfg.init_from:
             self._init_from(model)
         self.cfg.num_classes = self.num_classes  # recorded resolved, so a resume can compare it
-        if self.is_main:
-            write_json_atomic(self.run_dir / "train_config.json", config_dict(self.cfg))
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         if info.distributed and cfg.sync_bn:  # every BatchNorm trains (the encoder's too), as in the official runs
@@ -549,7 +671,10 @@ class _Run:
         self.module = model
         _seed_all(cfg.seed + info.rank)  # different dropout / drop-path draws per rank, as mmseg does
 
-        self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult)
+        self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.head_lr_mult, **_group_settings(cfg))
+        if self.is_main:  # the resolved run, where each value came from, and the optimizer's groups
+            write_json_atomic(self.run_dir / "train_config.json",
+                              {**config_dict(self.cfg), "param_groups": describe_groups(self.optimizer.param_groups)})
         self.scheduler = build_scheduler(self.optimizer, cfg.iters, cfg.warmup_iters, cfg.warmup_ratio,
                                          cfg.poly_power, cfg.min_lr, cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
