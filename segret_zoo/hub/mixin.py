@@ -546,12 +546,12 @@ class HubMixin(
         converted = convert_layout(state_dict, layouts)[1] if layouts else state_dict
         if converted is None:
             hint = getattr(cls, "describe_checkpoint", lambda _s: None)(state_dict)
-            raise CheckpointError(f"{source} is not a SegRet checkpoint" + (f": {hint}" if hint else
+            raise CheckpointError(f"{source} is not a {cls.__name__} checkpoint" + (f": {hint}" if hint else
                                   f" (its keys match none of the layouts it reads: {', '.join(layouts)})"))
         config = cls.infer_config(converted, meta)
         if config is None:
             raise CheckpointError(
-                f"{source} has no config.json beside it and its shapes match no registered SegRet variant: "
+                f"{source} has no config.json beside it and its shapes match no registered {cls.__name__} variant: "
                 "put the config.json written by save_pretrained next to it, or build the model with "
                 "create_model(NAME, ...) and pass checkpoint_path=...")
         return config
