@@ -13,6 +13,10 @@ __all__ = [
     "DatasetLayoutError",
     "MaskValueError",
     "OptionError",
+    "OutputPathError",
+    "DiskFullError",
+    "ResumeMismatchError",
+    "FolderInUseError",
 ]
 
 
@@ -63,3 +67,7 @@ class DiskFullError(UserError, OSError):
 
 class ResumeMismatchError(UserError, ValueError):
     """``--resume`` with settings that differ from the checkpoint's run (it would not continue that run)."""
+
+
+class FolderInUseError(UserError, RuntimeError):
+    """A folder another live process holds (a second ``train`` on the same ``--out``)."""

@@ -111,10 +111,10 @@ def one_error_line(err: str) -> str:
 # ------------------------------------------------------------------------------------------ recipes
 def test_explicit_setting_wins_over_recipe_even_when_it_equals_the_default():
     cfg = resolve_config(TrainConfig(data="folder:x", recipe="ade20k-160k", eval_interval=1000, lr=1e-4,
-                                     batch_size=8, iters=1000))
+                                     batch_size=8, iters=1000, warmup_iters=100))
     assert (cfg.eval_interval, cfg.batch_size, cfg.iters) == (1000, 8, 1000)
     assert cfg.ckpt_interval == 16000 and cfg.crop_size == (512, 512)  # not given: the recipe's
-    plain = resolve_config(TrainConfig(data="folder:x"))
+    plain = resolve_config(TrainConfig(data="folder:x", warmup_iters=100))
     assert (plain.eval_interval, plain.iters, plain.lr, plain.scale) == (1000, 1000, 1e-4, (2048, 512))
 
     from segret_zoo.cli import build_parser

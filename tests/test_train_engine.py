@@ -170,7 +170,7 @@ def test_raw_numpy_dataset_with_accumulation(tmp_path):
             return self.items[i]
 
     res = train(tiny_cfg(tmp_path / "raw", train_dataset=Raw(), val_dataset=Raw(), crop_size=(32, 32),
-                         scale=(64, 32), iters=1, accum_steps=2))
+                         scale=(64, 32), iters=1, warmup_iters=1, accum_steps=2))
     assert np.isfinite(losses(res["history"])[0][1]) and np.isfinite(res["last_miou"])
     cfg = json.loads((tmp_path / "raw" / "last" / "config.json").read_text())["pretrained_cfg"]
     assert list(cfg["crop_size"]) == [32, 32] and list(cfg["test_scale"]) == [64, 32]

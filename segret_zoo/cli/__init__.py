@@ -6,12 +6,12 @@ this package; errors meant for the user are :class:`segret_zoo.errors.UserError`
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence
 
 from segret_zoo.cli import convert, demo, predict, push, train
 from segret_zoo.cli import eval as eval_command
+from segret_zoo.cli.options import OneLineParser
 from segret_zoo.errors import UserError
 from segret_zoo.version import __version__
 
@@ -19,8 +19,8 @@ from segret_zoo.version import __version__
 COMMANDS = (demo, train, eval_command, predict, convert, push)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="segret-zoo",
         description="SegRet model zoo: demo, train, evaluate, predict, export, convert and publish.",
     )
