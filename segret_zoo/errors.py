@@ -17,6 +17,7 @@ __all__ = [
     "DiskFullError",
     "ResumeMismatchError",
     "FolderInUseError",
+    "MissingDependencyError",
 ]
 
 
@@ -71,3 +72,7 @@ class ResumeMismatchError(UserError, ValueError):
 
 class FolderInUseError(UserError, RuntimeError):
     """A folder another live process holds (a second ``train`` on the same ``--out``)."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional dependency (an extra such as ``[onnx]``) that a command needs is not installed."""

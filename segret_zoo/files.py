@@ -80,8 +80,8 @@ def _stage(path: Path, write: Writer) -> Path:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, file_mode())
         write(tmp_path)
+        os.chmod(tmp_path, file_mode())  # after: a writer may have re-created the file (safetensors: 0600)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
     except OSError as err:
