@@ -582,9 +582,6 @@ class _Run:
         resume_path, resume_state = self._find_resume()
         if resume_state is not None:
             self.cfg = cfg = _merge_resume(self.raw, resume_state.get("config") or {}, resume_path)
-        elif cfg.resume and cfg.train_dataset is None and not cfg.data:
-            raise OptionError(f"--resume {cfg.resume}: no checkpoint in {self.run_dir} to continue, so this is a "
-                              "new run and needs --data (data=)")
         check_run_settings(cfg)
         self._on_main(lambda: self._prepare_run_dir(resume_path))
 
@@ -724,6 +721,9 @@ class _Run:
         if resume == "auto":
             found = list_checkpoints(self.run_dir)
             if not found:
+                if self.cfg.train_dataset is None and not self.cfg.data:
+                    raise OptionError(f"--resume auto: no checkpoint in {self.run_dir} to continue, so this is a "
+                                      "new run and needs --data (data=)")
                 if self.is_main:
                     print(f"resume=auto: no checkpoint in {self.run_dir}, starting from scratch", file=sys.stderr)
                 return None, None
