@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 def make_photo(path: Path, side: int) -> None:
     """A photo-like RGB image: large smooth regions (bilinear-upsampled noise) plus mild grain."""
+    Image.MAX_IMAGE_PIXELS = None  # this script's own check of its cached photo
     if path.is_file():
         with Image.open(path) as img:
             if img.size == (side, side):
@@ -41,7 +42,6 @@ def make_photo(path: Path, side: int) -> None:
     for y in range(0, side, 1000):  # grain, in strips
         rows = arr[y:y + 1000]
         rows += rng.integers(0, 4, size=rows.shape, dtype=np.uint8)
-    Image.MAX_IMAGE_PIXELS = None
     Image.fromarray(arr).save(path, compress_level=1)
 
 

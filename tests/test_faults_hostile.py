@@ -515,7 +515,7 @@ def test_banded_resize_and_overlay_give_the_whole_image_values():
     import torch.nn.functional as F
 
     from segret_zoo.inference.predictor import resize_rows
-    from segret_zoo.inference.visualize import overlay, palette_for
+    from segret_zoo.inference.visualize import overlay, palette_for, pixel_shares
 
     rng = np.random.default_rng(0)
     for (h, w), size in [((333, 500), (512, 769)), ((123, 457), (300, 1114))]:
@@ -527,6 +527,8 @@ def test_banded_resize_and_overlay_give_the_whole_image_values():
         diff = (banded - whole).abs()
         assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-5  # float rounding, rounded to levels
         labels = rng.integers(0, 7, (h, w)).astype(np.uint8)
+        ids, counts = np.unique(labels, return_counts=True)
+        assert pixel_shares(labels) == pytest.approx({int(i): n / labels.size for i, n in zip(ids, counts)})
         palette = palette_for(7)
         for alpha in (0.0, 0.35, 1.0):
             want = (1.0 - alpha) * rgb.astype(np.float32) + alpha * palette.astype(np.float32)[labels]

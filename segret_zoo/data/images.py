@@ -200,11 +200,10 @@ def load_image(source: ImageInput, exif_transpose: bool = True) -> np.ndarray:
     if isinstance(source, (str, os.PathLike)):
         with _open(source) as img:
             if exif_transpose:
-                turned = ImageOps.exif_transpose(img)
-                if turned is not None and turned is not img:
-                    img.close()  # free the unrotated pixels before the copy below
-                    with turned:
-                        return to_rgb_array(turned, str(source))
+                try:  # in place: without it Pillow returns a full copy even when nothing is to be turned
+                    ImageOps.exif_transpose(img, in_place=True)
+                except TypeError:  # Pillow < 9.4
+                    img = ImageOps.exif_transpose(img) or img
             return to_rgb_array(img, str(source))
     if isinstance(source, Image.Image):
         return to_rgb_array(source, "<PIL image>")

@@ -92,7 +92,11 @@ def _class_counts(labels: np.ndarray, num_classes: Optional[int]) -> Dict[int, i
     """Pixel count per present class, largest first (ties by id)."""
     if labels.size == 0:
         return {}
-    counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=num_classes or 0)
+    flat = labels.reshape(-1)
+    counts = np.zeros(max(num_classes or 0, int(flat.max()) + 1), dtype=np.int64)
+    for start in range(0, flat.size, _BLEND_PIXELS):  # bincount copies to int64: a chunk at a time
+        part = np.bincount(flat[start:start + _BLEND_PIXELS], minlength=len(counts))
+        counts[:len(part)] += part
     present = np.flatnonzero(counts)
     order = present[np.argsort(-counts[present], kind="stable")]
     return {int(c): int(counts[c]) for c in order}
