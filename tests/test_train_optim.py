@@ -93,7 +93,7 @@ def test_recipes_match_the_paper():
 def test_recipe_fills_only_defaults():
     from segret_zoo.train.engine import TrainConfig, resolve_config
 
-    cfg = resolve_config(TrainConfig(data="folder:x", recipe="cityscapes-160k", iters=50))
+    cfg = resolve_config(TrainConfig(data="folder:x", recipe="cityscapes-160k", iters=50, warmup_iters=5))
     assert cfg.iters == 50 and cfg.batch_size == 8 and cfg.crop_size == (512, 1024) and cfg.scale == (2048, 1024)
     with pytest.raises(ValueError, match="amp"):
         resolve_config(TrainConfig(data="folder:x", amp="fp8"))
