@@ -267,7 +267,7 @@ def test_hostile_option_values_are_refused_up_front_in_one_line(tmp_path, model_
         "--crop": (["--crop", "100000", "100000"], "must be an integer from 32 to 8192, got 100000"),
         "--scale": (["--scale", "0", "0"], "must be an integer from 32 to 8192, got 0"),
         "--num-classes": (["--num-classes", "0"], "must be an integer from 1 to 65536, got 0"),
-        "--head-lr-mult": (["--head-lr-mult", "-1"], "must be a finite number above 0, got -1.0"),
+        "--head-lr-mult": (["--head-lr-mult", "-1"], "must be a finite number above 0, got -1"),
         "--warmup-iters": (["--warmup-iters", "-3"], "must be an integer at least 0, got -3"),
         "warm-up": (["--warmup-iters", "5"], "warmup_iters (--warmup-iters) 5 is longer than iters (--iters) 2"),
     }

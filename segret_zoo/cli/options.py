@@ -66,8 +66,8 @@ def float_range(minimum: Optional[float] = None, maximum: Optional[float] = None
     def parse(text: str) -> float:
         value = _parse_float(text)
         problem = float_problem(value, minimum, maximum, above=above)
-        if problem:
-            raise argparse.ArgumentTypeError(problem)
+        if problem:  # the value as typed ("-3", not "-3.0")
+            raise argparse.ArgumentTypeError(problem.rsplit(", got ", 1)[0] + f", got {text}")
         return value
 
     parse.__name__ = "number"

@@ -219,7 +219,7 @@ def check_run_settings(cfg: TrainConfig) -> None:
     if cfg.warmup_iters > cfg.iters:
         raise OptionError(
             f"{_name('warmup_iters')} {cfg.warmup_iters} is longer than {_name('iters')} {cfg.iters}: the learning "
-            f"rate would never reach its peak {cfg.lr:g}; pass --warmup-iters {max(cfg.iters // 10, 0)} "
+            f"rate would never reach its peak {cfg.lr:g}; pass --warmup-iters {min(max(cfg.iters // 10, 1), cfg.iters)} "
             f"(warmup_iters=) or any value up to {cfg.iters}, or more --iters")
 
 
