@@ -183,9 +183,9 @@ def _open(source: Union[str, os.PathLike[str]]) -> Image.Image:
     pixels = img.size[0] * img.size[1]
     if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
         warnings.warn(LargeImageWarning(
-            f"{name}: {img.size[0]}x{img.size[1]} is {pixels / 1e6:.0f} megapixels, above PIL's "
-            f"decompression-bomb threshold of {Image.MAX_IMAGE_PIXELS / 1e6:.0f}; read anyway (images over twice "
-            f"that are refused), about {pixels * 3 / 2 ** 30:.1f} GiB as RGB"), stacklevel=3)
+            f"{name}: {img.size[0]}x{img.size[1]} is {pixels / 1e6:.1f} megapixels, above PIL's "
+            f"decompression-bomb threshold of {Image.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels; read anyway (images "
+            f"over twice that are refused), about {pixels * 3 / 2 ** 30:.1f} GiB as RGB"), stacklevel=3)
     return img
 
 
