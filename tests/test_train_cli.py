@@ -45,7 +45,8 @@ def test_train_cli_user_errors(tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "data", n_val=0)
     assert main(["train", "--data", f"folder:{data}", "--recipe", "ade20k-16k", "--out", str(tmp_path / "o")]) == 2
     assert "unknown recipe" in capsys.readouterr().err
-    assert main(["train", "--data", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "o")]) == 2
+    assert main(["train", "--data", f"folder:{tmp_path / 'missing'}", "--warmup-iters", "10",
+                 "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err
 
