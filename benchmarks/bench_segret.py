@@ -301,8 +301,7 @@ DESCRIPTIONS = {
     "segformer_b1": "transformers SegformerForSemanticSegmentation, B1 config",
     "straightforward": "this package's encoder (no theta shift, FFN fc1-GELU-fc2) with plain softmax(qk^T + mask)v "
                        "retention over materialized L x L masks + the released decoder as its equations, unfolded",
-    "official_code": "official RMT.py (qhfan/RMT) made into SegRet's encoder: " + _official.SEGRET_PATCH_NOTE
-                     + "; + the released decoder as its equations, unfolded",
+    "official_code": _official.SEGRET_PATCH_NOTE + "; + the released decoder as its equations, unfolded",
 }
 
 
