@@ -207,9 +207,12 @@ def test_unknown_top_level_keys_are_ignored_and_a_bom_is_read(tmp_path, saved):
         assert torch.equal(from_pretrained(folder)(x), model(x))
 
 
-def test_config_values_are_checked_where_python_passes_them_too():
+def test_config_values_are_checked_where_python_passes_them_too(saved):
     """The same schema guards the constructor: a NaN dropout or a 0 x 0 test scale never builds a model."""
     from segret_zoo.models.segret import SegRet
+
+    with pytest.raises(OptionError, match="SegRet: id2label has the key 'a', expected class ids"):
+        from_pretrained(saved, id2label={"a": "x", "b": "y", "c": "z"})  # not a bare int("a") ValueError
 
     cases = {
         "SegRet: decoder_dropout is nan, expected a finite number at least 0 and below 1":

@@ -38,7 +38,7 @@ from segret_zoo.files import write_files_atomic, write_folder_atomic
 from segret_zoo.hub.download import CONFIG_NAME, README_NAME, TORCH_WEIGHTS_NAME, WEIGHTS_NAME
 from segret_zoo.hub.sources import resolve_source
 from segret_zoo.hub.weights import convert_layout, load_weights, read_checkpoint, read_config
-from segret_zoo.validate import AnyObject, Fields, Int, Nullable, Spec, Text, check_schema
+from segret_zoo.validate import AnyObject, Fields, Int, Nullable, Spec, Text, check_schema, label_id
 from segret_zoo.version import __version__
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -81,8 +81,12 @@ def _untuple(value: Any) -> Any:
     return value
 
 
-def _int_keys(mapping: Optional[Dict[Any, Any]]) -> Optional[Dict[int, str]]:
-    return None if mapping is None else {int(k): str(v) for k, v in mapping.items()}
+def _int_keys(mapping: Optional[Dict[Any, Any]]) -> Optional[Dict[Any, Any]]:
+    """JSON's string keys as class ids; a key that is no class id is kept as it is, for the constructor's
+    schema to name (a bare ``int("a")`` would say nothing of where it came from)."""
+    if mapping is None:
+        return None
+    return {(k if label_id(k) is None else label_id(k)): v for k, v in mapping.items()}
 
 
 def _write_text(text: str) -> Callable[[Path], None]:
