@@ -5,6 +5,8 @@ users keep their usual ``except`` clauses, and :class:`UserError` so the command
 input is wrong" (one line, exit 2) from a bug (a traceback).
 """
 
+from typing import Optional
+
 __all__ = [
     "UserError",
     "WeightsNotFoundError",
@@ -22,7 +24,13 @@ __all__ = [
 
 
 class UserError(Exception):
-    """An error caused by the user's input; the CLI prints its message on one line, no traceback."""
+    """An error caused by the user's input; the CLI prints its message on one line, no traceback.
+
+    ``cli_message``, where set, is the same message in the command line's spelling (``--checkpoint
+    PATH`` where Python users read ``checkpoint_path=PATH``); the CLI prints it instead.
+    """
+
+    cli_message: Optional[str] = None
 
 
 class WeightsNotFoundError(UserError, FileNotFoundError):

@@ -22,7 +22,7 @@ import torch
 
 from segret_zoo.data.classes import DATASET_CLASSES, DATASET_DEFAULTS
 from segret_zoo.data.classes import id2label as dataset_id2label
-from segret_zoo.errors import UserError
+from segret_zoo.errors import OptionError, UserError
 from segret_zoo.hub.download import CONFIG_NAME, WEIGHTS_NAME, parse_hub_name
 from segret_zoo.hub.sources import HubFile, resolve_source
 from segret_zoo.hub.weights import (
@@ -38,7 +38,7 @@ from segret_zoo.settings import mirrored_repo_id
 from segret_zoo.validate import check_num_classes
 
 __all__ = ["create_model", "list_models", "list_pretrained", "from_pretrained", "load_model", "load_backbone",
-           "parse_model_name", "DEFAULT_TAG"]
+           "parse_model_name", "check_backbone_request", "DEFAULT_TAG"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_TAG = "ade20k"
@@ -126,9 +126,10 @@ def _backbone_source(model: SegRet, pretrained_backbone: Union[bool, PathLike]) 
     cfg = get_pretrained_cfg(f"{model.backbone}.in1k")
     if cfg is None or not cfg.hf_hub_id:
         raise ValueError(f"{model.backbone}.in1k has no Hub location in its timm pretrained_cfg")
-    advice = ("To use the official RMT release instead: `segret-zoo convert-rmt RMT.pth OUT_DIR`, then "
-              "pretrained_backbone='OUT_DIR' (command line: --pretrained-backbone OUT_DIR); the .pth itself works too.")
-    return HubFile(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME, advice=advice)
+    convert = "To use the official RMT release instead: `segret-zoo convert-rmt RMT.pth OUT_DIR`, then "
+    return HubFile(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME,
+                   advice=convert + "pretrained_backbone='OUT_DIR' (the .pth itself works too).",
+                   cli_advice=convert + "--pretrained-backbone OUT_DIR (the .pth itself works too).")
 
 
 def load_backbone(model: SegRet, source: Union[bool, PathLike, HubFile], **hub: Any) -> List[str]:
@@ -222,11 +223,12 @@ def create_model(
             warnings.warn("pretrained_backbone is ignored: the full model's weights include the backbone",
                           stacklevel=2)
         if pretrained and checkpoint is None:  # with checkpoint_path, the tag names the dataset; the file has the weights
-            advice = (f"To use a local copy instead: create_model('{arch}', pretrained='{tag}', "
-                      "checkpoint_path=PATH) (command line: --checkpoint PATH), PATH being a save_pretrained folder, "
-                      "its model.safetensors, or the authors' released .pth.")
-            src = resolve_source(HubFile(pcfg["hf_hub_id"], pcfg.get("hf_hub_filename") or WEIGHTS_NAME,
-                                         advice=advice), **hub)
+            path = "PATH being a save_pretrained folder, its model.safetensors, or the authors' released .pth."
+            src = resolve_source(HubFile(
+                pcfg["hf_hub_id"], pcfg.get("hf_hub_filename") or WEIGHTS_NAME,
+                advice=f"To use a local copy instead: create_model('{arch}', pretrained='{tag}', "
+                       f"checkpoint_path=PATH), {path}",
+                cli_advice=f"To use a local copy instead: --model {arch}.{tag} --checkpoint PATH, {path}"), **hub)
             load_weights(model, read_checkpoint(src.weights).state_dict, source=src.description,
                          new_classifier=new_classifier)
         elif pretrained_backbone and checkpoint is None:
@@ -264,6 +266,34 @@ def _names_saved_weights(spec: str) -> bool:
     return Path(spec).exists() or spec.startswith(_HF_HUB) or "/" in spec
 
 
+def check_backbone_request(spec: Optional[str], checkpoint: Optional[PathLike] = None,
+                           pretrained: Optional[Union[bool, str]] = None,
+                           pretrained_backbone: Union[None, bool, PathLike] = None) -> None:
+    """Refuse ``pretrained_backbone`` together with full-model weights (a saved folder or file as the
+    model, a checkpoint, a published tag asked for explicitly), in one line.
+
+    Why an error and not the backbone loaded over them: those weights already hold a trained encoder,
+    so "start the encoder from ImageNet" either means nothing (the backbone would be overwritten by the
+    model's weights) or would silently throw away the trained encoder; before, the option was simply
+    ignored. A user who wants the backbone names a zoo model without weights.
+    """
+    if not pretrained_backbone:
+        return
+    if checkpoint is not None:
+        what = f"a full-model checkpoint ({checkpoint}; --checkpoint, checkpoint_path=)"
+    elif spec is not None and _names_saved_weights(spec):
+        what = f"a saved model as the model ({spec}; --model)"
+    elif pretrained not in (None, False):
+        what = f"published weights (pretrained={pretrained!r}; --pretrained)"
+    else:
+        return
+    raise OptionError(
+        f"pretrained_backbone (--pretrained-backbone) {pretrained_backbone} cannot be combined with {what}: those "
+        "weights already include a trained encoder, which the backbone weights would not replace; drop "
+        "--pretrained-backbone to use them, or start from a zoo name without weights (--model segret_tiny, "
+        "no --checkpoint or --pretrained) to initialise its encoder from the backbone")
+
+
 def load_model(
     spec: str,
     checkpoint: Optional[PathLike] = None,
@@ -279,12 +309,15 @@ def load_model(
     ``spec`` is a zoo name (``segret_tiny`` or ``segret_tiny.ade20k``), a local folder/file written by
     ``save_pretrained``, or a Hub repo id. ``checkpoint`` (a weights file or a ``save_pretrained``
     folder) supplies the weights for a zoo name. ``pretrained=None`` means "the published weights"
-    for a zoo name (``create_model(pretrained=True)``); pass False to build it randomly initialised.
+    for a zoo name (``create_model(pretrained=True)``) unless ``pretrained_backbone`` is given; pass
+    False to build it randomly initialised. ``pretrained_backbone`` with full-model weights (a saved
+    model, a checkpoint, a tag) is refused (:func:`check_backbone_request`).
     ``num_classes``, ``id2label`` and ``kwargs`` go to the factory. Only an explicit ``num_classes``
     replaces a checkpoint's classifier of another width (fine-tuning); without it a zoo name plus a
     weights file takes the file's class count, and a saved folder whose config disagrees with its
     weights is an error: a command never predicts with a randomly initialised classifier unasked.
     """
+    check_backbone_request(spec, checkpoint, pretrained, pretrained_backbone)
     extra: Dict[str, Any] = dict(kwargs)
     if num_classes is not None:
         extra["num_classes"] = num_classes
@@ -301,5 +334,6 @@ def load_model(
         return create_model(spec, checkpoint_path=path, **extra)
     if _names_saved_weights(spec):
         return from_pretrained(spec, **extra)
-    return create_model(spec, pretrained=True if pretrained is None else pretrained,
-                        pretrained_backbone=pretrained_backbone, **extra)
+    if pretrained is None:  # "the published weights", unless backbone weights were asked for instead
+        pretrained = not pretrained_backbone
+    return create_model(spec, pretrained=pretrained, pretrained_backbone=pretrained_backbone, **extra)

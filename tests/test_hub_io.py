@@ -228,8 +228,13 @@ def test_offline_without_cache_names_repo_file_and_remedies(hub_env, tmp_path):
     assert time.perf_counter() - start < 10
     text = str(err.value)
     for part in (f"{ORG}/segret-tiny-cityscapes", "model.safetensors", "HF_HUB_OFFLINE",
-                 "create_model('segret_tiny', pretrained='cityscapes', checkpoint_path=PATH)", "--checkpoint PATH"):
+                 "create_model('segret_tiny', pretrained='cityscapes', checkpoint_path=PATH)"):
         assert part in text, part
+    # the command line prints the same line with its own spelling
+    cli = err.value.cli_message
+    assert "--model segret_tiny.cityscapes --checkpoint PATH" in cli and "checkpoint_path" not in cli, cli
+    assert cli.replace("--model segret_tiny.cityscapes --checkpoint PATH", "") == \
+        text.replace("create_model('segret_tiny', pretrained='cityscapes', checkpoint_path=PATH)", "")
     # the advice, followed literally, works offline: the tag names the dataset, the file has the weights
     local = create_model("segret_tiny", num_classes=19, **SMALL)
     local.save_pretrained(tmp_path / "local")

@@ -170,9 +170,12 @@ def test_config_round_trip_rebuilds_same_architecture():
 def test_reset_classifier_and_bad_arguments(tiny_segret):
     tiny_segret.reset_classifier(3, {0: "a", 1: "b", 2: "c"})
     assert tiny_segret.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
-    with pytest.raises(ValueError, match="unknown backbone 'rmt_x'"):
+    with pytest.raises(ValueError, match="SegRet: backbone is 'rmt_x', expected one of \"rmt_t\""):
         SegRet("rmt_x")
-    with pytest.raises(ValueError, match="id2label must name classes 0..2"):
+    with pytest.raises(ValueError, match="num_classes is 3 but id2label names 1 class, expected one name for each "
+                                         "class id from 0 to 2"):
         SegRet(TINY_BACKBONE, num_classes=3, id2label={0: "a"})
+    with pytest.raises(ValueError, match="id2label has no name for class 2"):
+        SegRet(TINY_BACKBONE, num_classes=3, id2label={0: "a", 1: "b", 3: "c"})
     with pytest.raises(ValueError, match="4-D image batch"):
         tiny_segret(torch.randn(3, 32, 32))

@@ -33,9 +33,10 @@ def build_parser() -> OneLineParser:
 
 
 def one_line(err: BaseException) -> str:
-    """The message of ``err`` on one line: a message that embeds a traceback (a DataLoader worker's,
-    say) is reduced to its last line, without the exception's name."""
-    text = str(err).strip() or type(err).__name__
+    """The message of ``err`` on one line (its command-line spelling, ``cli_message``, where it has
+    one): a message that embeds a traceback (a DataLoader worker's, say) is reduced to its last line,
+    without the exception's name."""
+    text = (getattr(err, "cli_message", None) or str(err)).strip() or type(err).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) <= 1:
         return text

@@ -50,6 +50,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     if args.pretrained_backbone not in (None, True) and not Path(args.pretrained_backbone).exists():
         raise UserError(f"--pretrained-backbone {args.pretrained_backbone} not found; pass a checkpoint file or 'true' "
                         "for the ImageNet RMT weights")
+    if args.checkpoint is not None and not Path(args.checkpoint).exists():
+        raise UserError(f"--checkpoint {args.checkpoint} not found; pass a weights file or a save_pretrained folder")
     if args.resume not in (None, "auto") and not Path(args.resume).exists():
         raise UserError(f"--resume {args.resume} not found; pass a checkpoint, a run folder or 'auto'")
     if args.init_from is not None and not Path(args.init_from).exists():
@@ -75,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
                "norm_decay_mult": args.norm_decay_mult, "bias_decay_mult": args.bias_decay_mult,
                "crop_size": tuple(args.crop) if args.crop else None,
                "scale": tuple(args.scale) if args.scale else None,
-               "pretrained_backbone": args.pretrained_backbone, "pretrained": args.pretrained}
+               "pretrained_backbone": args.pretrained_backbone, "pretrained": args.pretrained,
+               "checkpoint_path": args.checkpoint}
     kwargs.update({k: v for k, v in options.items() if v is not None})
     if args.class_weights:
         try:
@@ -220,8 +223,13 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--log-interval", type=positive_int, default=None, help="metrics.jsonl record every N iterations")
     p.add_argument("--time-budget", type=float_range(above=0.0), default=None, help="stop after this many seconds (then eval + save)")
     p.add_argument("--pretrained-backbone", type=_bool_or_path, default=None,
-                   help="'true' for ImageNet RMT weights, or a path to an RMT checkpoint")
+                   help="'true' for ImageNet RMT weights, or a path to an RMT checkpoint (for a zoo name without "
+                        "weights: not with a saved --model, --checkpoint or --pretrained, whose weights include the "
+                        "encoder)")
     p.add_argument("--pretrained", default=None, help="start from a published SegRet model (tag, e.g. ade20k)")
+    p.add_argument("--checkpoint", metavar="PATH", default=None,
+                   help="start from these weights for --model (a zoo name): a save_pretrained folder, its "
+                        "model.safetensors or a released .pth, e.g. a local copy of what --pretrained downloads")
     p.add_argument("--num-classes", type=num_classes, default=None, help="classes (default: the dataset's)")
     p.add_argument("--class-weights", default=None, help="comma-separated per-class loss weights")
     p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,

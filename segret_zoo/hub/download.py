@@ -76,13 +76,22 @@ def _how_to_supply(repo_id: str, advice: Optional[str]) -> str:
 
 
 def _published_note(repo_id: str, filename: str) -> str:
+    """What the weights manifest says of a file that is not published yet (first in the message: it is
+    the reason no network setting will help), or nothing."""
     entry = find_entry(repo_id, filename)
     if entry is not None and entry.get("status") != "published":
-        return (
-            f"These weights ({entry.get('name')}) are not on the Hub yet: weights/manifest.json lists them as "
-            f"{entry.get('status')} (see weights/README.md). "
-        )
+        return (f"these weights ({entry.get('name')}) are not on the Hub yet (weights/manifest.json lists them as "
+                f"{entry.get('status')}; see weights/README.md); ")
     return ""
+
+
+def _not_found(text: str, repo_id: str, advice: Optional[str], cli_advice: Optional[str]) -> WeightsNotFoundError:
+    """The error for a file that cannot be had, with the advice for the caller's users: ``advice`` in
+    the Python spelling, ``cli_advice`` (when the call came from a command) as the CLI prints it."""
+    err = WeightsNotFoundError(f"{text} {_how_to_supply(repo_id, advice)}")
+    if cli_advice:
+        err.cli_message = f"{text} {_how_to_supply(repo_id, cli_advice)}"
+    return err
 
 
 def _metadata_kwargs(fn: Any, **candidates: Any) -> Dict[str, Any]:
@@ -102,6 +111,7 @@ def hub_download(
     force_download: bool = False,
     local_files_only: bool = False,
     advice: Optional[str] = None,
+    cli_advice: Optional[str] = None,
 ) -> Optional[Path]:
     """Path of a Hub file in the local cache, downloading it if needed; fails within seconds offline.
 
@@ -112,6 +122,8 @@ def hub_download(
     ``local_files_only`` (huggingface_hub's argument) reads the cache only, as offline does.
     ``advice`` replaces the default "how to supply a local copy" sentence (a caller whose users type
     something else, e.g. timm's ``pretrained_cfg_overlay``); the Hub-cache alternative always follows.
+    ``cli_advice`` is the same sentence in the command line's spelling (``--checkpoint PATH``), which
+    the CLI prints instead (``UserError.cli_message``).
     """
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.utils import (
@@ -122,7 +134,6 @@ def hub_download(
     )
 
     where = f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")
-    how = _how_to_supply(repo_id, advice)
     note = _published_note(repo_id, filename)
     cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
     cached_path = Path(cached) if isinstance(cached, str) else None
@@ -132,10 +143,8 @@ def hub_download(
         if not required:
             return None
         why = "HF_HUB_OFFLINE is set" if is_offline() else "local_files_only=True"
-        raise WeightsNotFoundError(
-            f"cannot load {where}: {why} and the file is not in the Hugging Face cache "
-            f"({cache_dir or _default_cache()}). " + note + how
-        )
+        raise _not_found(f"cannot load {where}: {note}{why} and the file is not in the Hugging Face cache "
+                         f"({cache_dir or _default_cache()}).", repo_id, advice, cli_advice)
     if cached is not None and cached_path is None and not required:  # cached "does not exist"
         return None
     timeout = hub_timeout()
@@ -146,25 +155,20 @@ def hub_download(
     except EntryNotFoundError as err:
         if not required:
             return None
-        raise WeightsNotFoundError(
-            f"the Hub repo {repo_id} has no file {filename}" + (f" at revision {revision}" if revision else "")
-            + ". " + how
-        ) from err
+        raise _not_found(f"the Hub repo {repo_id} has no file {filename}"
+                         + (f" at revision {revision}." if revision else "."), repo_id, advice, cli_advice) from err
     except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as err:
         kind = type(err).__name__.replace("Error", "")
-        raise WeightsNotFoundError(
-            f"cannot download {where} ({kind}: the repo or revision does not exist, or it is private/gated "
-            "and needs token=...). " + note + how
-        ) from err
+        raise _not_found(f"cannot download {where}: {note}{kind} (the repo or revision does not exist, or it is "
+                         "private/gated and needs token=...).", repo_id, advice, cli_advice) from err
     except Exception as err:  # network down, DNS, timeout, proxy, HTTP 5xx/401 (HfHubHTTPError)
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}"
         if cached_path is not None and not force_download:
             warnings.warn(f"the Hub is unreachable ({reason}); using the cached {where}", stacklevel=2)
             return _verified(cached_path, repo_id, filename, revision)
-        raise WeightsNotFoundError(
-            f"cannot download {where}: no usable answer from the Hugging Face Hub within {timeout:g}s "
-            f"({reason}) and the file is not in the local cache. " + note + how
-        ) from err
+        raise _not_found(f"cannot download {where}: {note}no usable answer from the Hugging Face Hub within "
+                         f"{timeout:g}s ({reason}) and the file is not in the local cache.", repo_id, advice,
+                         cli_advice) from err
     path = hf_hub_download(
         repo_id, filename, revision=revision, cache_dir=cache_dir, token=token, etag_timeout=timeout,
         force_download=force_download,

@@ -12,9 +12,9 @@ some methods are ours rather than the mixin's:
   keeping a stale ``README.md``), so a crash never leaves a half-written folder.
 - ``from_pretrained`` resolves through :mod:`segret_zoo.hub.download` (the mixin's takes only repo
   ids and folders): ``hf-hub:org/name@rev`` names and bare weights files work, downloads are checked
-  against the weights manifest, offline fails within seconds with instructions, ``config.json`` is
-  type-checked, and a classifier of another class count is dropped only when ``num_classes`` asks
-  for it.
+  against the weights manifest, offline fails within seconds with instructions, every value of
+  ``config.json`` is checked against the model's schema (``CONFIG_SCHEMA``), and a classifier of
+  another class count is dropped only when ``num_classes`` asks for it.
 - ``push_to_hub`` is the mixin's, with a branch created when missing, only model files uploaded and
   the repo id in the model card's usage example.
 
@@ -38,6 +38,7 @@ from segret_zoo.files import write_files_atomic, write_folder_atomic
 from segret_zoo.hub.download import CONFIG_NAME, README_NAME, TORCH_WEIGHTS_NAME, WEIGHTS_NAME
 from segret_zoo.hub.sources import resolve_source
 from segret_zoo.hub.weights import convert_layout, load_weights, read_checkpoint, read_config
+from segret_zoo.validate import AnyObject, Fields, Int, Nullable, Spec, Text, check_schema, label_id
 from segret_zoo.version import __version__
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -50,6 +51,8 @@ FORMAT_VERSION = 2
 _HUB_KEYS = ("library_name", "segret_zoo_version", "format_version", "label2id", "pretrained_cfg",
              "preprocessing", "evaluation")
 UPLOAD_PATTERNS = ["*.safetensors", "*.json", "*.md"]
+# pretrained_cfg entries that are tuples in Python (sizes, mean/std), as timm's cfgs have them
+_PCFG_TUPLES = ("mean", "std", "test_scale", "crop_size", "stride")
 PAPER_URL = "https://arxiv.org/abs/2502.14014"
 CARD_TAGS = ["semantic-segmentation", "segret", "rmt", "retnet"]
 
@@ -78,8 +81,12 @@ def _untuple(value: Any) -> Any:
     return value
 
 
-def _int_keys(mapping: Optional[Dict[Any, Any]]) -> Optional[Dict[int, str]]:
-    return None if mapping is None else {int(k): str(v) for k, v in mapping.items()}
+def _int_keys(mapping: Optional[Dict[Any, Any]]) -> Optional[Dict[Any, Any]]:
+    """JSON's string keys as class ids; a key that is no class id is kept as it is, for the constructor's
+    schema to name (a bare ``int("a")`` would say nothing of where it came from)."""
+    if mapping is None:
+        return None
+    return {(k if label_id(k) is None else label_id(k)): v for k, v in mapping.items()}
 
 
 def _write_text(text: str) -> Callable[[Path], None]:
@@ -254,16 +261,14 @@ def upload_folder_to_hub(
 
 
 # ------------------------------------------------------------------------------------- mixin
-_JSON_TYPES: Dict[type, str] = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-                                dict: "an object", list: "a list", type(None): "null"}
-
-
-def _json_type_ok(value: Any, types: Tuple[type, ...]) -> bool:
-    if isinstance(value, bool):
-        return bool in types
-    if isinstance(value, int) and float in types:
-        return True
-    return isinstance(value, types)
+#: config.json's keys around the model's own config: what they may hold. The two blocks that restate
+#: pretrained_cfg for people and other tools (``preprocessing``, ``evaluation``) and ``label2id`` are
+#: never read back, so only their kind is checked.
+HUB_CONFIG_FIELDS: Dict[str, Spec] = {
+    "library_name": Text(), "segret_zoo_version": Text(), "format_version": Int(1, None),
+    "label2id": Nullable(AnyObject()), "preprocessing": Nullable(AnyObject()), "evaluation": Nullable(AnyObject()),
+}
+CONFIG_FIX = "correct it in the file or re-create the folder with save_pretrained"
 
 
 class HubMixin(
@@ -282,8 +287,9 @@ class HubMixin(
     pretrained_cfg: Dict[str, Any]
     num_classes: int
     id2label: Optional[Dict[int, str]]
-    #: config.json keys and the JSON types they must have (a model class fills it; checked on load)
-    CONFIG_TYPES: ClassVar[Dict[str, Tuple[type, ...]]] = {}
+    #: the schema of the model's config.json keys (a model class fills it; checked on load with
+    #: :data:`HUB_CONFIG_FIELDS`); its fields are the keys passed on to ``from_config``
+    CONFIG_SCHEMA: ClassVar[Fields] = Fields({}, unknown="ignore")
     #: what a config.json of an older format_version was, and what to do instead (a model class fills it)
     OLD_FORMAT_NOTE: ClassVar[str] = "it was written by an older segret-zoo whose models this version does not build"
 
@@ -419,14 +425,11 @@ class HubMixin(
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def check_config_types(cls, config: Dict[str, Any], *, source: str = CONFIG_NAME) -> None:
-        """One clear line for a config.json value of the wrong type (before it reaches a constructor)."""
-        for key, types in cls.CONFIG_TYPES.items():
-            if key in config and not _json_type_ok(config[key], types):
-                expected = " or ".join(_JSON_TYPES.get(t, t.__name__) for t in types)
-                raise CheckpointError(
-                    f"{source}: {key!r} is {json.dumps(config[key])} ({_JSON_TYPES.get(type(config[key]), 'a value')}), "
-                    f"expected {expected}: correct it in the file or re-create the folder with save_pretrained")
+    def check_config(cls, config: Dict[str, Any], *, source: str = CONFIG_NAME) -> None:
+        """Every value of a config.json against the class's schema: one line naming the file, the field
+        (dotted path), the value and what is allowed, before anything reaches a constructor."""
+        check_schema(config, cls.CONFIG_SCHEMA.extended(HUB_CONFIG_FIELDS), where=source, error=CheckpointError,
+                     json_style=True, fix=CONFIG_FIX)
 
     @classmethod
     def from_hub_config(
@@ -440,7 +443,8 @@ class HubMixin(
     ) -> T:
         """Build (randomly initialised) from a config.json dict; a new ``num_classes`` drops the labels.
 
-        ``source`` names the file in error messages.
+        ``source`` names the file in error messages. Keys outside the schema are ignored (see the
+        model's ``CONFIG_SCHEMA``); those in it are checked first (:meth:`check_config`).
         """
         version = config.get("format_version", FORMAT_VERSION)
         if isinstance(version, int) and version > FORMAT_VERSION:
@@ -448,17 +452,16 @@ class HubMixin(
                                   "segret-zoo; upgrade with `pip install -U segret-zoo`")
         if isinstance(version, int) and version < FORMAT_VERSION:
             raise CheckpointError(f"{source} cannot be loaded (format_version {version}): {cls.OLD_FORMAT_NOTE}")
-        arch = str(config.get("architecture") or (config.get("pretrained_cfg") or {}).get("architecture") or "")
-        if arch.startswith("rmt_"):
+        pcfg_arch = config.get("pretrained_cfg").get("architecture") if isinstance(config.get("pretrained_cfg"), dict) \
+            else None
+        arch = config.get("architecture") or pcfg_arch
+        if isinstance(arch, str) and arch.startswith("rmt_"):
             raise CheckpointError(
                 f"this is an RMT backbone checkpoint ({arch}), not a SegRet model: use "
                 f"create_model('segret_...', pretrained_backbone=PATH_TO_ITS_model.safetensors)")
-        cls.check_config_types(config, source=source)
-        labels, count = config.get("id2label"), config.get("num_classes")
-        if num_classes is None and isinstance(labels, dict) and isinstance(count, int) and len(labels) != count:
-            raise CheckpointError(f"{source}: num_classes is {count} but id2label names {len(labels)} classes; "
-                                  "make them agree (or re-create the folder with save_pretrained)")
-        model_cfg = _untuple({k: v for k, v in config.items() if k not in _HUB_KEYS})
+        cls.check_config(config, source=source)
+        # only the schema's keys, checked: nothing else is converted or passed on
+        model_cfg = {k: _untuple(config[k]) for k in cls.CONFIG_SCHEMA.fields if k in config and k not in _HUB_KEYS}
         model_cfg["id2label"] = _int_keys(config.get("id2label"))
         if num_classes is not None and num_classes != model_cfg.get("num_classes"):
             model_cfg["num_classes"] = num_classes
@@ -466,7 +469,8 @@ class HubMixin(
         if id2label is not None:
             model_cfg["id2label"] = _int_keys(id2label)
         model_cfg.update(overrides)
-        pcfg = _untuple(dict(config.get("pretrained_cfg") or {}))
+        pcfg = dict(config.get("pretrained_cfg") or {})
+        pcfg = {k: _untuple(v) if k in _PCFG_TUPLES else v for k, v in pcfg.items()}  # other keys: metadata as found
         pcfg.pop("id2label", None)  # the model's own labels win (they follow num_classes)
         return cls.from_config(model_cfg, pretrained_cfg=pcfg)  # type: ignore[attr-defined]
 
@@ -520,7 +524,8 @@ class HubMixin(
             where = src.description
         model = cls.from_hub_config(config, num_classes=num_classes, id2label=id2label, source=where, **overrides)
         new_classifier = num_classes is not None  # an explicit count is the user asking for it
-        load_weights(model, checkpoint.state_dict, source=src.description,  # type: ignore[arg-type]
+        load_weights(model, checkpoint.state_dict,  # type: ignore[arg-type]
+                     source=src.description if src.repo_id is not None else str(src.weights),
                      new_classifier=new_classifier)
         if src.repo_id is not None:
             model.pretrained_cfg.update(hf_hub_id=src.repo_id, hf_hub_filename=WEIGHTS_NAME,

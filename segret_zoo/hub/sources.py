@@ -35,12 +35,14 @@ PathLike = Union[str, "os.PathLike[str]"]
 class HubFile:
     """A file a model registry points at (``pretrained_cfg``'s ``hf_hub_id`` and ``hf_hub_filename``);
     ``config`` also fetches the repo's config.json when it has one; ``advice`` is the sentence that tells
-    a user who cannot download it how to supply a local copy through the call they made."""
+    a user who cannot download it how to supply a local copy through the call they made, ``cli_advice``
+    the same for a user of the command line (its flags)."""
 
     repo_id: str
     filename: str = WEIGHTS_NAME
     config: bool = False
     advice: Optional[str] = None
+    cli_advice: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def _from_hub(repo_id: str, filename: str, with_config: bool, description: str, 
     repo_id = mirrored_repo_id(repo_id)
     weights = hub_download(repo_id, filename, **kw)
     assert weights is not None
-    kw = {k: v for k, v in kw.items() if k != "advice"}
+    kw = {k: v for k, v in kw.items() if k not in ("advice", "cli_advice")}
     config = hub_download(repo_id, CONFIG_NAME, required=False, **kw) if with_config else None
     revision = kw.get("revision")
     return ResolvedSource(weights, config, description.format(repo=repo_id), repo_id, revision)
@@ -111,7 +113,7 @@ def resolve_source(
                               local_files_only=local_files_only)
     if isinstance(source, HubFile):
         return _from_hub(source.repo_id, source.filename, source.config, "{repo}/" + source.filename,
-                         {**kw, "advice": source.advice})
+                         {**kw, "advice": source.advice, "cli_advice": source.cli_advice})
     text = os.fspath(source)
     path = Path(text).expanduser()
     if not text.startswith(HF_HUB_PREFIX) and path.exists():

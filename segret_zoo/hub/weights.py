@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch import nn
 
 from segret_zoo.errors import CheckpointError, WeightsNotFoundError
 from segret_zoo.hub.download import TORCH_SUFFIXES
+from segret_zoo.validate import kind_of, show, weights_problem
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -202,14 +204,37 @@ def read_state_dict(path: PathLike, use_ema: bool = False) -> Dict[str, torch.Te
     return read_checkpoint(path, use_ema).state_dict
 
 
+#: a config.json with 65536 class names is about 2 MB; anything this large is not one
+MAX_CONFIG_BYTES = 64 << 20
+
+
 def read_config(path: PathLike) -> Dict[str, Any]:
+    """A config.json as a dict, or one line naming the file: too large, not UTF-8 (a byte-order mark is
+    read as editors write it), not JSON, nested too deeply for the parser, or not a JSON object."""
+    path = Path(path)
+    fix = "re-create it with save_pretrained or re-download it"
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path} is {size / 2**20:.0f} MB, too large for a config.json (at most "
+                              f"{MAX_CONFIG_BYTES >> 20} MB): {fix}")
+    data = path.read_bytes()
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}): re-create or re-download it") from err
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x}, {err.reason}), "
+                              f"expected UTF-8 JSON: {fix}") from None
+    try:
+        config = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be read (lists or objects inside each other "
+                              f"beyond Python's limit of {sys.getrecursionlimit()}), expected a flat config.json: "
+                              f"{fix}") from None
+    except ValueError as err:  # JSONDecodeError, or an integer beyond Python's digit limit
+        reason = " ".join(str(err).split(";")[0].split())[:200]
+        raise CheckpointError(f"{path} is not valid JSON ({reason}): {fix}") from None
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, found {type(config).__name__}")
+        raise CheckpointError(f"{path} holds {kind_of(config)} ({show(config)}), expected a JSON object "
+                              f"{{\"num_classes\": ..., ...}}: {fix}")
     return config
 
 
@@ -282,6 +307,13 @@ def _model_label(model: nn.Module) -> str:
     return (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
 
 
+def _check_values(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str) -> None:
+    problem = weights_problem(own, state)
+    if problem:
+        raise CheckpointError(f"{source} cannot be loaded: {problem}. Use another checkpoint (an earlier one of the "
+                              "run), or re-download or re-create this one")
+
+
 def match_state_dict(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
@@ -298,6 +330,8 @@ def match_state_dict(
     a trained one. ``allow_unexpected`` drops keys the model has no place for (a backbone
     initialisation, which leaves the ImageNet head behind). Every other difference is an error
     listing missing, unexpected and mismatched keys, so a wrong checkpoint is never half-loaded.
+    What is loaded must hold floating-point, finite values where the model has floating-point
+    weights (:func:`segret_zoo.validate.weights_problem`).
     """
     own = model.state_dict()
     given = state = dict(state_dict)
@@ -329,8 +363,11 @@ def match_state_dict(
             UserWarning,
             stacklevel=3,
         )
-        return {k: v for k, v in state.items() if k not in head}, dropped
+        kept = {k: v for k, v in state.items() if k not in head}
+        _check_values(own, kept, source)
+        return kept, dropped
     if not missing and not unexpected and not mismatched:
+        _check_values(own, state, source)
         return state, dropped
     hint = _model_hint(model, given)
     shapes = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}" for k in mismatched]

@@ -24,6 +24,8 @@ from segret_zoo.data.transforms import align_size, rescale_size
 from segret_zoo.devices import resolve_dtype
 from segret_zoo.inference.fold import fold_for_inference
 from segret_zoo.inference.postprocess import DEFAULT_TILE_BYTES, labels_from_views, vertical_weights
+from segret_zoo.models.segret import PRETRAINED_CFG_SCHEMA
+from segret_zoo.validate import Fields, check_float, check_schema
 
 __all__ = [
     "DEFAULT_TTA_SCALES",
@@ -94,6 +96,24 @@ def resize_rows(image: torch.Tensor, size: Tuple[int, int], band_bytes: int = 16
             band = F.interpolate(band, size=(r1 - r0, out_w), mode="bilinear", align_corners=False)
         out[:, :, r0:r1] = band.round_().clamp_(0.0, 255.0)
     return out
+
+
+#: the pretrained_cfg entries the predictor reads, with the limits of the model's config schema
+_PROTOCOL_KEYS = ("mean", "std", "test_scale", "test_size_divisor", "test_mode", "crop_size", "stride")
+_PROTOCOL = Fields({k: PRETRAINED_CFG_SCHEMA.fields[k] for k in _PROTOCOL_KEYS}, unknown="ignore")
+_ARGUMENTS = Fields({"test_scale": _PROTOCOL.fields["test_scale"], "size_divisor": _PROTOCOL.fields["test_size_divisor"],
+                     "crop_size": _PROTOCOL.fields["crop_size"], "stride": _PROTOCOL.fields["stride"]},
+                    unknown="ignore")
+
+
+def _check_protocol(cfg: Dict[str, Any], given: Dict[str, Any]) -> None:
+    """The arguments, and the model's preprocessing and protocol entries they leave in use: a
+    ``test_scale`` of ``(0, 0)`` would resize every image to 1x1 and predict one label, with no error."""
+    check_schema({k: v for k, v in given.items() if v is not None and v is not False}, _ARGUMENTS, where="Segmenter")
+    replaced = {"test_scale": "test_scale", "test_size_divisor": "size_divisor", "crop_size": "crop_size",
+                "stride": "stride", "test_mode": "mode"}
+    used = {k: cfg[k] for k in _PROTOCOL_KEYS if k in cfg and given.get(replaced.get(k, "")) is None}
+    check_schema(used, _PROTOCOL, where="Segmenter", path="model.pretrained_cfg")
 
 
 def _pair(value: Any, what: str) -> Tuple[int, int]:
@@ -171,6 +191,8 @@ class Segmenter:
         tile_bytes: int = DEFAULT_TILE_BYTES,
     ) -> None:
         cfg: Dict[str, Any] = dict(getattr(model, "pretrained_cfg", None) or {})
+        _check_protocol(cfg, dict(test_scale=test_scale, size_divisor=size_divisor if size_divisor != 0 else False,
+                                  crop_size=crop_size, stride=stride, mode=mode))
         if mode is None:
             mode = cfg.get("test_mode") or "auto"
         if mode not in ("auto", "whole", "slide"):
@@ -218,13 +240,14 @@ class Segmenter:
             raise ValueError(f"crop_size and stride must be positive, got {self.crop_size}, {self.stride}")
 
         self.scales: Tuple[float, ...] = tuple(
-            float(s) for s in (scales if scales is not None else (DEFAULT_TTA_SCALES if tta else (1.0,))))
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales must be positive ratios, got {self.scales}")
+            check_float(s, f"Segmenter: scales[{i}]", maximum=8.0, above=0.0, hint="ratios of the test scale")
+            for i, s in enumerate(scales if scales is not None else (DEFAULT_TTA_SCALES if tta else (1.0,))))
+        if not self.scales:
+            raise ValueError("Segmenter: scales is empty, expected at least one ratio of the test scale (1.0)")
         self.flip = bool(tta if flip is None else flip)
         self.batch_size = max(int(batch_size), 1)
         self.window_batch_size = max(int(window_batch_size), 1)
-        self.slide_margin = float(slide_margin)
+        self.slide_margin = check_float(slide_margin, "Segmenter: slide_margin", above=0.0)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(mode={self.mode!r}, scales={self.scales}, flip={self.flip}, "

@@ -7,6 +7,7 @@ whose unused ``decode_head.conv_seg`` is dropped).
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,9 +31,28 @@ from segret_zoo.models.rmt import (
     rmt_checkpoint_layouts,
 )
 from segret_zoo.settings import DEFAULT_HF_ORG
+from segret_zoo.validate import (
+    MAX_IMAGE_SIDE,
+    MAX_NUM_CLASSES,
+    MIN_IMAGE_SIDE,
+    AnyObject,
+    Bool,
+    Either,
+    Fields,
+    Int,
+    Items,
+    Labels,
+    Nullable,
+    Number,
+    Text,
+    check_num_classes,
+    check_schema,
+    label_id,
+    show,
+)
 
 __all__ = ["SegRet", "SEGRET_VARIANTS", "SEGRET_ENCODER_ARGS", "PAPER_RESULTS", "default_pretrained_cfg",
-           "segret_name_for_backbone"]
+           "segret_name_for_backbone", "CONFIG_SCHEMA", "PRETRAINED_CFG_SCHEMA", "ENCODER_SCHEMA"]
 
 # name -> backbone and decoder width (the SegRet paper's four sizes)
 SEGRET_VARIANTS: Dict[str, Dict[str, Any]] = {
@@ -114,6 +134,161 @@ def _backbone_kwargs(backbone: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(RMT_CONFIGS)}")
         return dict(RMT_CONFIGS[backbone])
     return dict(backbone)
+
+
+# ---------------------------------------------------------------------------- the config's schema
+# Every key of SegRet's config (config.json, the constructor's arguments) and what it may hold. The
+# limits are generous around the released models (the largest: embed_dims up to 640, 25 blocks in a
+# stage, decoder 512) and tight enough that no value allocates tens of GB or divides by zero.
+
+#: the RMT constructor's architecture settings that a SegRet encoder takes (``backbone`` as an object,
+#: ``backbone_kwargs``); anything else would reach RMT() as a stray keyword argument
+MAX_STAGES = 4
+MAX_EMBED_DIM = 2048
+MAX_DECODER_CHANNELS = 4096
+#: an encoder this size takes 4 GB in float32; rmt_l, the largest released one, has 93M parameters
+MAX_ENCODER_PARAMS = 1_000_000_000
+
+
+def _per_stage(item: Any, what: str) -> Items:
+    return Items(item, min_length=1, max_length=MAX_STAGES,
+                 what=f"a list of 1 to {MAX_STAGES} {what}, one per stage")
+
+
+_ENCODER_FIELDS = {
+    "embed_dims": _per_stage(Int(1, MAX_EMBED_DIM), f"integers from 1 to {MAX_EMBED_DIM} (channels)"),
+    "depths": _per_stage(Int(1, 64), "integers from 1 to 64 (blocks)"),
+    "num_heads": _per_stage(Int(1, 256), "integers from 1 to 256 that divide embed_dims"),
+    "heads_ranges": _per_stage(Number(0, 32), "finite numbers from 0 to 32"),
+    "mlp_ratios": _per_stage(Number(maximum=16, above=0), "finite numbers above 0 and at most 16"),
+    "decomposed": _per_stage(Bool(), "true/false values"),
+    "layer_scale": _per_stage(Bool(), "true/false values"),
+    "init_values": _per_stage(Number(maximum=32, above=0), "finite numbers above 0 and at most 32"),
+    "layer_scale_init_value": Number(maximum=1, above=0),
+    "use_rot_pos_emb": Bool(),
+    "use_mlp_dwconv": Bool(),
+}
+_ENCODER_HINTS = {
+    "drop_path_rate": "SegRet sets it: use the top-level drop_path_rate",
+    "num_classes": "SegRet's encoder has no classifier: the top-level num_classes is the model's",
+    "head_hidden_size": "SegRet's encoder has no ImageNet head", "global_pool": "SegRet's encoder has no ImageNet head",
+    "drop_rate": "SegRet's encoder has no ImageNet head", "in_chans": "SegRet takes RGB images (3 channels)",
+    "device": "pass device= to the constructor, not in the architecture",
+    "dtype": "pass dtype= to the constructor, not in the architecture",
+}
+#: ``backbone`` as an object, and ``backbone_kwargs``: the RMT settings; unknown keys are refused
+ENCODER_SCHEMA = Fields(_ENCODER_FIELDS, unknown="refuse", hints=_ENCODER_HINTS, what="an object of RMT settings")
+_RMT_DEFAULTS = {k: p.default for k, p in inspect.signature(RMT.__init__).parameters.items() if k in _ENCODER_FIELDS}
+_STAGE_KEYS = ("depths", "num_heads", "heads_ranges", "mlp_ratios", "decomposed", "layer_scale", "init_values")
+
+
+def _side_pair(minimum: int, what: str) -> Any:
+    side = Int(minimum, MAX_IMAGE_SIDE, unit="pixels")
+    return Either(side, Items(side, length=2, what=f"2 integers ({what}) from {minimum} to {MAX_IMAGE_SIDE} (pixels)"),
+                  what=f"an integer or 2 integers ({what}) from {minimum} to {MAX_IMAGE_SIDE} (pixels)")
+
+
+#: ``pretrained_cfg`` (timm's name): preprocessing and test protocol, read by the predictor; where the
+#: weights came from and metrics, read by people. Other keys are kept as metadata, as timm does.
+PRETRAINED_CFG_SCHEMA = Fields({
+    "architecture": Nullable(Text()), "tag": Nullable(Text()), "hf_hub_id": Nullable(Text()),
+    "hf_hub_filename": Nullable(Text()), "hf_hub_revision": Nullable(Text()),
+    "mean": Items(Number(0, 1), length=3, what="3 finite numbers from 0 to 1 (R, G, B on the 0-1 scale: "
+                                               "ImageNet's are [0.485, 0.456, 0.406])"),
+    "std": Items(Number(maximum=1, above=0), length=3,
+                 what="3 finite numbers above 0 and at most 1 (R, G, B on the 0-1 scale: ImageNet's are "
+                      "[0.229, 0.224, 0.225])"),
+    "test_scale": Nullable(_side_pair(MIN_IMAGE_SIDE, "long side, short side")),
+    "crop_size": Nullable(_side_pair(MIN_IMAGE_SIDE, "H, W")),
+    "stride": Nullable(_side_pair(1, "H, W")),
+    "test_size_divisor": Nullable(Int(1, 1024)),
+    "test_mode": Nullable(Text(("whole", "slide", "auto"))),
+    "num_classes": Nullable(Int(1, MAX_NUM_CLASSES)), "id2label": Nullable(Labels()),
+    "dataset": Nullable(Text()), "dataset_name": Nullable(Text()), "license": Nullable(Text()),
+    "ignore_index": Int(0, 65535), "reduce_zero_label": Bool(),
+    "converted_from": Nullable(Text()), "paper_miou": Nullable(AnyObject()), "metrics": Nullable(AnyObject()),
+}, unknown="ignore", what="an object (timm's pretrained_cfg)")
+
+
+def _where(key: str, backbone: Any, kwargs: Mapping[str, Any], path: str) -> str:
+    """Where an encoder setting came from, for a message: the key that set it, or the registered name."""
+    if key in kwargs:
+        return f"{path}backbone_kwargs.{key}"
+    if isinstance(backbone, Mapping) and key in backbone:
+        return f"{path}backbone.{key}"
+    if isinstance(backbone, str):
+        return f"{key} of {path}backbone {backbone}"
+    return f"{key} (RMT's default)"
+
+
+def _encoder_rule(config: Mapping[str, Any], path: str, json_style: bool) -> Optional[str]:
+    """The encoder settings together (the backbone's, then backbone_kwargs): one entry per stage,
+    heads that divide the widths (with even head dims for the rotary shift), a size that fits memory."""
+    backbone = config.get("backbone", "rmt_t")
+    kwargs = dict(config.get("backbone_kwargs") or {})
+    base = RMT_CONFIGS[backbone] if isinstance(backbone, str) else dict(backbone)
+    cfg = {**_RMT_DEFAULTS, **base, **SEGRET_ENCODER_ARGS, **kwargs}
+    at = f"{path}." if path else ""
+    dims, heads = list(cfg["embed_dims"]), list(cfg["num_heads"])
+    for key in _STAGE_KEYS:
+        if len(cfg[key]) != len(dims):
+            return (f"{_where(key, backbone, kwargs, at)} has {len(cfg[key])} entries but "
+                    f"{_where('embed_dims', backbone, kwargs, at)} has {len(dims)}: expected one per stage")
+    for i, (dim, head) in enumerate(zip(dims, heads)):
+        if dim % head:
+            return (f"{_where('num_heads', backbone, kwargs, at)}[{i}] is {head}, which does not divide "
+                    f"{_where('embed_dims', backbone, kwargs, at)}[{i}] = {dim}: expected a divisor of it")
+        if cfg["use_rot_pos_emb"] and (dim // head) % 2:
+            return (f"{_where('num_heads', backbone, kwargs, at)}[{i}] is {head}, giving heads of {dim // head} "
+                    f"channels, expected an even number of channels per head (the rotary shift, "
+                    f"{_where('use_rot_pos_emb', backbone, kwargs, at)} true, rotates channel pairs)")
+    blocks = sum(depth * (4 + 2 * float(ratio)) * dim * dim
+                 for dim, depth, ratio in zip(dims, cfg["depths"], cfg["mlp_ratios"]))
+    size = blocks + sum(9 * a * b for a, b in zip(dims, dims[1:]))
+    if size > MAX_ENCODER_PARAMS:
+        return (f"{at}backbone ({show(backbone, json_style)}" + (f" with backbone_kwargs {show(kwargs, json_style)}"
+                if kwargs else "") + f") is an encoder of about {size / 1e6:,.0f}M parameters, expected at most "
+                f"{MAX_ENCODER_PARAMS / 1e6:,.0f}M (rmt_l, the largest released, has 93M)")
+    return None
+
+
+def _labels_rule(config: Mapping[str, Any], path: str, json_style: bool) -> Optional[str]:
+    """``id2label`` names each class ``0 .. num_classes-1`` exactly once."""
+    labels, count = config.get("id2label"), config.get("num_classes", 150)
+    if not labels:
+        return None
+    at = f"{path}." if path else ""
+    ids = [label_id(k) for k in labels]
+    if len(ids) != count:
+        plural = "es" if len(ids) != 1 else ""
+        return (f"{at}num_classes is {count} but {at}id2label names {len(ids)} class{plural}, expected one name "
+                f"for each class id from 0 to {count - 1}")
+    if sorted(ids) != list(range(count)):
+        missing = next(i for i in range(count) if i not in set(ids))
+        return (f"{at}id2label has no name for class {missing} (its keys are {show(list(labels), json_style)}), "
+                f"expected one name for each class id from 0 to {count - 1}")
+    return None
+
+
+_BACKBONE = Either(Text(tuple(RMT_CONFIGS)), ENCODER_SCHEMA,
+                   what=f"one of {', '.join(repr(n) for n in RMT_CONFIGS)} or an object of RMT settings")
+#: SegRet's config (:attr:`SegRet.config`, config.json's model keys): what the Hub mixin checks a
+#: config.json against and the constructor checks its arguments against. Unknown keys are ignored:
+#: ``save_pretrained(config=...)`` adds keys of the user's own, and a newer segret-zoo may add optional
+#: ones (``format_version`` marks the changes an older reader must refuse), as transformers does.
+CONFIG_SCHEMA = Fields({
+    "architecture": Nullable(Text()),
+    "backbone": _BACKBONE,
+    "backbone_kwargs": Nullable(ENCODER_SCHEMA),
+    "num_classes": Int(1, MAX_NUM_CLASSES),
+    "decoder_channels": Int(1, MAX_DECODER_CHANNELS),
+    "decoder_dropout": Number(0, below=1),
+    "drop_path_rate": Number(0, below=1),
+    "freeze_backbone_bn": Bool(), "zir_fused": Bool(), "encoder_bn_folded": Bool(),
+    "id2label": Nullable(Labels()),
+    "label2id": Nullable(AnyObject()),  # restates id2label for people; not read
+    "pretrained_cfg": Nullable(PRETRAINED_CFG_SCHEMA),
+}, unknown="ignore", rules=(_labels_rule, _encoder_rule), what="a SegRet config (an object)")
 
 
 # ---------------------------------------------------------------------------- checkpoint layouts
@@ -219,13 +394,9 @@ class SegRet(HubMixin, nn.Module):
     encoder's in eval mode during ``model.train()`` (for very small batches).
     """
 
-    # config.json keys and their JSON types (checked by the Hub mixin before the constructor sees them)
-    CONFIG_TYPES = {
-        "architecture": (str, type(None)), "backbone": (str, dict), "backbone_kwargs": (dict,),
-        "num_classes": (int,), "decoder_channels": (int,), "decoder_dropout": (float,), "drop_path_rate": (float,),
-        "freeze_backbone_bn": (bool,), "zir_fused": (bool,), "encoder_bn_folded": (bool,), "id2label": (dict, type(None)),
-        "pretrained_cfg": (dict, type(None)),
-    }
+    # config.json's model keys and the constructor's arguments: one schema (checked by the Hub mixin on
+    # load, with the file's name, and by the constructor)
+    CONFIG_SCHEMA = CONFIG_SCHEMA
     OLD_FORMAT_NOTE = EARLIER_DESIGN
     describe_checkpoint = staticmethod(describe_checkpoint)
 
@@ -245,23 +416,27 @@ class SegRet(HubMixin, nn.Module):
             dtype=None,
     ) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_schema(dict(backbone=backbone, num_classes=num_classes, decoder_channels=decoder_channels,
+                          decoder_dropout=decoder_dropout, drop_path_rate=drop_path_rate, id2label=id2label,
+                          freeze_backbone_bn=freeze_backbone_bn, backbone_kwargs=backbone_kwargs,
+                          architecture=architecture, pretrained_cfg=pretrained_cfg),
+                     CONFIG_SCHEMA, where=type(self).__name__)
         dd = {"device": device, "dtype": dtype}
         self.backbone = backbone if isinstance(backbone, str) else dict(backbone)
         self.backbone_kwargs = {**SEGRET_ENCODER_ARGS, **dict(backbone_kwargs or {})}
-        self.num_classes = num_classes
+        self.num_classes = int(num_classes)
         self.freeze_backbone_bn = freeze_backbone_bn
         self.id2label = self._check_labels(id2label, num_classes)
-        self._init_args = dict(
-            decoder_channels=decoder_channels, decoder_dropout=decoder_dropout, drop_path_rate=drop_path_rate)
+        self._init_args = dict(decoder_channels=int(decoder_channels), decoder_dropout=float(decoder_dropout),
+                               drop_path_rate=float(drop_path_rate))
         self.architecture = architecture
 
         encoder = RMT(**{**_backbone_kwargs(backbone), **self.backbone_kwargs}, num_classes=0,
-                      drop_path_rate=drop_path_rate, **dd)
+                      drop_path_rate=self._init_args["drop_path_rate"], **dd)
         encoder.reset_classifier(0, "", reset_other=True)  # segmentation needs no ImageNet head
         self.encoder = encoder
-        self.decoder: nn.Module = ZIRDecoder(encoder.embed_dims, decoder_channels, num_classes, decoder_dropout, **dd)
+        self.decoder: nn.Module = ZIRDecoder(encoder.embed_dims, self._init_args["decoder_channels"], self.num_classes,
+                                             self._init_args["decoder_dropout"], **dd)
         cfg = default_pretrained_cfg(architecture, None, num_classes, self.id2label)
         cfg.update(pretrained_cfg or {})
         cfg["num_classes"], cfg["id2label"] = num_classes, self.id2label
@@ -297,18 +472,20 @@ class SegRet(HubMixin, nn.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any], pretrained_cfg: Optional[Mapping[str, Any]] = None,
                     **overrides: Any) -> SegRet:
-        """Build (randomly initialized) from :attr:`config`; unknown keys are ignored."""
+        """Build (randomly initialized) from :attr:`config`; unknown keys are ignored (see
+        :data:`CONFIG_SCHEMA`), the values are checked by the constructor (never converted: a ``"19"``
+        is refused, not read as 19)."""
         cfg = dict(config)
         cfg.update(overrides)
         arch = cfg.get("architecture")
         model = cls(
             backbone=cfg.get("backbone", "rmt_t"),
-            num_classes=int(cfg.get("num_classes", 150)),
-            decoder_channels=int(cfg.get("decoder_channels", 256)),
-            decoder_dropout=float(cfg.get("decoder_dropout", 0.1)),
-            drop_path_rate=float(cfg.get("drop_path_rate", 0.0)),
+            num_classes=cfg.get("num_classes", 150),
+            decoder_channels=cfg.get("decoder_channels", 256),
+            decoder_dropout=cfg.get("decoder_dropout", 0.1),
+            drop_path_rate=cfg.get("drop_path_rate", 0.0),
             id2label=cfg.get("id2label"),
-            freeze_backbone_bn=bool(cfg.get("freeze_backbone_bn", False)),
+            freeze_backbone_bn=cfg.get("freeze_backbone_bn", False),
             backbone_kwargs=cfg.get("backbone_kwargs"),
             architecture=arch if arch != "segret" else None,
             pretrained_cfg=pretrained_cfg,
@@ -369,6 +546,7 @@ class SegRet(HubMixin, nn.Module):
 
     def reset_classifier(self, num_classes: int, id2label: Optional[Mapping[Any, str]] = None) -> None:
         """Replace the classifier for another label set (transfer learning)."""
+        num_classes = check_num_classes(num_classes)
         self.decoder.reset_classifier(num_classes)
         self.num_classes = num_classes
         self.id2label = self._check_labels(id2label, num_classes)

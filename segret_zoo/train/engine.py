@@ -54,7 +54,7 @@ from segret_zoo.data.transforms import build_train_transform, seed_worker
 from segret_zoo.devices import resolve_device
 from segret_zoo.errors import CheckpointError, DatasetLayoutError, OptionError, ResumeMismatchError, UserError
 from segret_zoo.evaluate import evaluate
-from segret_zoo.factory import load_model
+from segret_zoo.factory import check_backbone_request, load_model
 from segret_zoo.files import (
     FolderLock,
     clean_stale_temporaries,
@@ -328,6 +328,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.amp not in _AMP:
         raise ValueError(f"amp must be one of {', '.join(_AMP)}, got {cfg.amp!r}")
     _check_values(cfg)
+    check_backbone_request(cfg.model, cfg.checkpoint_path, cfg.pretrained, cfg.pretrained_backbone)
     if not cfg.resume:
         check_run_settings(cfg)
     if isinstance(cfg.resume, os.PathLike):
