@@ -1,8 +1,10 @@
-"""The built-in demo (`segret-zoo demo --quick`) end to end, and the synthetic shapes set it trains on."""
+"""The built-in demo (`segret-zoo demo`, the full run README's first command starts) end to end, and the
+synthetic shapes set it trains on."""
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,24 +69,39 @@ def test_dataset_yields_normalized_tensors_and_flips_keep_alignment(tmp_path):
 
 # ------------------------------------------------------------------------------------------ the demo
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
+def full_demo(tmp_path_factory):
+    """The demo as README's first command runs it (`segret-zoo demo`, defaults), once for this module:
+    every test below reads what that one run wrote."""
     from segret_zoo.cli import main
 
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out), "--seed", "1"]) == 0
+    assert main(["demo", "--out", str(out)]) == 0
     return out
 
 
-def test_quick_demo_summary(quick_demo):
-    summary = json.loads((quick_demo / "summary.json").read_text())
+def _summary(out):
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_full_demo_learns_within_five_minutes(full_demo):
+    """The outcome README's first command promises: >= 60% held-out mIoU, on every run (the seed, the
+    thread count and the precision the probe picks must not decide it). Its time is measured by
+    benchmarks/, not asserted here."""
+    summary = _summary(full_demo)
+    where = (f"{summary['settings']['threads']} threads, {summary['settings']['amp']} autocast, "
+             f"{summary['iters']} iterations, load average {summary['load_average']}")
+    assert summary["mIoU"] >= 60.0, f"held-out mIoU {summary['mIoU']:.2f}% ({where})"
+
+
+@pytest.mark.slow
+def test_full_demo_summary(full_demo):
+    summary = _summary(full_demo)
     assert isinstance(summary["mIoU"], float) and math.isfinite(summary["mIoU"])
     assert 0.0 <= summary["mIoU"] <= 100.0  # percent
     assert "held-out" in summary["evaluated_on"]
-    assert 0 < summary["seconds"] < 120
-    assert summary["iters"] >= 1
     for key in ("input", "prediction", "overlay", "ground_truth", "panel", "model_dir", "metrics_log"):
-        assert (quick_demo / summary["paths"][key]).exists() or __import__("pathlib").Path(
-            summary["paths"][key]).exists(), key
+        assert Path(summary["paths"][key]).exists(), key
     size = tuple(summary["fresh_image"]["size"])
     with Image.open(summary["paths"]["overlay"]) as img:
         img.verify()
@@ -95,10 +112,11 @@ def test_quick_demo_summary(quick_demo):
     assert evals and abs(evals[-1]["mIoU"] - summary["mIoU"]) < 1e-6
 
 
-def test_quick_demo_model_reloads_and_predicts_the_recorded_labels(quick_demo):
+@pytest.mark.slow
+def test_full_demo_model_reloads_and_predicts_the_recorded_labels(full_demo):
     import segret_zoo
 
-    summary = json.loads((quick_demo / "summary.json").read_text())
+    summary = _summary(full_demo)
     model = segret_zoo.from_pretrained(summary["paths"]["model_dir"])
     assert model.num_classes == len(SHAPE_CLASSES)
     assert model.id2label[1] == "circle"
@@ -109,11 +127,12 @@ def test_quick_demo_model_reloads_and_predicts_the_recorded_labels(quick_demo):
     np.testing.assert_array_equal(labels, recorded)
 
 
-def test_quick_demo_length_is_fixed_not_timed(quick_demo):
-    """The iteration count no longer follows a measured step time (that made the demo a coin toss)."""
-    from segret_zoo.cli.demo import DEMO_SETTINGS, QUICK_SETTINGS, demo_iterations
+@pytest.mark.slow
+def test_full_demo_length_is_fixed_not_timed(full_demo):
+    """The iteration count is fixed, never a measured step time (that made the demo a coin toss); the
+    deadline is only a safety net and was not reached."""
+    from segret_zoo.cli.demo import DEMO_SETTINGS, demo_iterations
 
-    summary = json.loads((quick_demo / "summary.json").read_text())
-    assert summary["iters"] == QUICK_SETTINGS["iters"] and summary["stop_reason"] == "completed"
-    assert demo_iterations(DEMO_SETTINGS, 1) == 600 and demo_iterations(DEMO_SETTINGS, 2) == 900
-    assert demo_iterations(DEMO_SETTINGS, 16) == 900
+    summary = _summary(full_demo)
+    assert summary["stop_reason"] == "completed"
+    assert summary["iters"] == demo_iterations(DEMO_SETTINGS) == 600

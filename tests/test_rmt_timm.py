@@ -154,6 +154,30 @@ def test_bfloat16_after_forward_has_no_float32_caches():
     assert floating == []
 
 
+def test_bf16_autocast_keeps_the_residual_stream_in_float32(monkeypatch):
+    """Under autocast the convs and linears hand over bf16, but every stage adds its residuals in
+    float32 (``residual_add``): the stage outputs are float32 and nearer the float32 model than a
+    stream rounded to bf16 at every block (what adding into the branch's bf16 output gave)."""
+    import segret_zoo.models.rmt as rmt
+
+    torch.manual_seed(0)
+    model = timm.create_model("rmt_t", depths=(1, 1, 4, 1)).train()
+    x = torch.randn(2, 3, 64, 64)
+    ref = model.forward_intermediates(x, intermediates_only=True)
+
+    def error() -> list:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats = model.forward_intermediates(x, intermediates_only=True)
+        assert all(f.dtype == torch.float32 for f in feats)  # a bf16 stream would come out as bf16
+        return [float((f - r).norm() / r.norm()) for f, r in zip(feats, ref)]
+
+    fp32_sums = error()
+    monkeypatch.setattr(rmt, "residual_add", lambda branch, x: branch.add_(x).float())  # the bf16 stream
+    bf16_sums = error()
+    assert max(fp32_sums) < 0.02
+    assert sum(fp32_sums) < 0.95 * sum(bf16_sums), (fp32_sums, bf16_sums)  # 0.87 here; 0.5 in a trained model
+
+
 def test_torchscript():
     with timm.set_scriptable(True):
         model = timm.create_model("rmt_t", **SMALL).eval()

@@ -97,6 +97,33 @@ torch.fx.wrap("check_image_batch")
 torch.fx.wrap("retention_positions")
 
 
+@register_notrace_function
+def residual_add(branch: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``branch + x`` in the residual stream's dtype (``x``'s).
+
+    Where the dtypes agree, the sum is written in place into the branch's fresh output (identical
+    values, no new buffer). Under autocast the branch comes out of a bf16/fp16 conv or linear while
+    the stream is float32 (:func:`stream_dtype`): adding into the branch would round the stream to 8
+    mantissa bits at every block, which compounds over a stage (2x the feature error of float32
+    sums in a trained SegRet-T's stage 3) and erases the small updates of later blocks once the
+    stream has grown. So the sum is formed out of place, in float32, as autocast intends.
+    """
+    if branch.dtype == x.dtype:
+        return branch.add_(x)
+    return x + branch
+
+
+@register_notrace_function
+def stream_dtype(x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``param``'s dtype: a stage's residual stream starts in its parameters' dtype (float32
+    under autocast, whose convs hand over bf16/fp16), so :func:`residual_add` accumulates in it."""
+    return x if x.dtype == param.dtype else x.to(param.dtype)
+
+
+torch.fx.wrap("residual_add")
+torch.fx.wrap("stream_dtype")
+
+
 @torch.no_grad()
 def fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> nn.Module:
     """Fold an eval-mode BatchNorm that follows ``conv`` into the conv's weight and bias, in place.
@@ -231,11 +258,11 @@ class RetBlock(nn.Module):
             bias_a: torch.Tensor,
             bias_b: torch.Tensor,
     ) -> torch.Tensor:
-        # each residual is added in place into its branch's fresh output (a conv, linear, layer-scale
-        # or drop-path result, none kept for backward): the block's input is left as it was
-        x = self.cpe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).add_(x)
-        x = self.drop_path(self.ls1(self.attn(self.norm1(x), sin, cos, bias_a, bias_b))).add_(x)
-        x = self.drop_path(self.ls2(self.mlp(self.norm2(x)))).add_(x)
+        # each residual is added into its branch's fresh output (a conv, linear, layer-scale or
+        # drop-path result, none kept for backward), in the stream's dtype (see residual_add)
+        x = residual_add(self.cpe(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1), x)
+        x = residual_add(self.drop_path(self.ls1(self.attn(self.norm1(x), sin, cos, bias_a, bias_b))), x)
+        x = residual_add(self.drop_path(self.ls2(self.mlp(self.norm2(x)))), x)
         return x
 
 
@@ -278,9 +305,11 @@ class RMTStage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x).permute(0, 2, 3, 1)  # a view: the memory is channels-last
+        # the position tables in the dtype the attention computes in (bf16/fp16 under autocast)
         sin, cos, bias_a, bias_b = retention_positions(
             x.shape[1], x.shape[2], self.num_heads, self.head_dim, self.init_value, self.heads_range,
             self.decomposed, x.dtype, x.device, self.use_rot_pos_emb)
+        x = stream_dtype(x, self.blocks[0].norm1.weight)  # the residual stream: float32 under autocast
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = torch.utils.checkpoint.checkpoint(block, x, sin, cos, bias_a, bias_b, use_reentrant=False)
