@@ -26,9 +26,10 @@ decomposed, eager or scripted          two SDPA calls over (B, H)- then (B, W)-m
 decomposed, compiled or exported       the same over (H, B)/(W, B)-major batches (no stride guards)
 full, CUDA, eager                      ``flex_attention`` (compiled once) with the decay as ``score_mod``
 full, CUDA, inside ``torch.compile``   ``flex_attention`` traced by dynamo (no mask)
-full, CPU, eager, float32, no autograd the compiled C++ kernel (:mod:`.cpu_kernel`, no mask); SDPA
-                                       below where it is off or cannot be built
-full, CPU, eager, otherwise            :func:`blocked_manhattan_attention` (training, bf16, float64):
+full, CPU, eager, no autograd,         the compiled C++ kernel (:mod:`.cpu_kernel`, no mask; bf16/fp16
+float32, bf16 or fp16 (autocast or a   widened to float32 once per call); SDPA below where it is off
+cast model)                            or cannot be built
+full, CPU, eager, otherwise            :func:`blocked_manhattan_attention` (training, float64):
                                        whole mask, row-shift table views, or row by row, by size
 full, scripted/traced/exported/        one SDPA with the whole ``1 x N x L x L`` mask built from the
 compiled for CPU                       1-D tables (a graph every backend takes)
@@ -47,9 +48,12 @@ Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
   use the same formula written with real tensors;
 * the sin/cos tables span all heads (``C/2`` pairs, not ``head_dim/2``), so the elementwise
   kernels run over long contiguous rows instead of broadcasting over heads every 8-16 values;
-* full mode in eager float32 CPU inference: the compiled kernel of ``csrc/manhattan_attention.cpp``
+* full mode in eager CPU inference: the compiled kernel of ``csrc/manhattan_attention.cpp``
   (:mod:`.cpu_kernel`), which adds the decay from the 1-D tables inside its tiles, so no mask exists
-  (at 1024 x 2048, 0.84x the whole forward's time with SDPA and the tables below);
+  (at 1024 x 2048, 0.84x the whole forward's time with SDPA and the tables below). In bf16/fp16 it
+  widens q, k and v to float32 once per call: on a CPU without native bf16 matmul that ran stage 3's
+  attention at 512 x 512 in 0.79x the time of SDPA's bf16 flash kernel with the mask
+  (``bench_levers.py``, ``bf16``);
 * full mode on the CPU otherwise (:func:`blocked_manhattan_attention`): a stage builds its bias once for all
   its blocks, as the whole ``N x L x L`` mask while that is small, else as a row-shift table of
   ``N x rows x W x (2H-1) x W`` whose strided views are the bias of every block of ``rows`` query
@@ -84,6 +88,8 @@ QUERY_BLOCK = 1024
 # rmt_t at 512 x 512: 36 MiB), so inference at one size builds them once, not once per image
 KEEP_BIAS_BYTES = 64 << 20
 _flex_compiled = None
+# what the compiled CPU kernel takes: its products run in float32, bf16/fp16 inputs widened per call
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def head_decays(num_heads: int, init_value: float, heads_range: float, device: torch.device) -> torch.Tensor:
@@ -379,10 +385,13 @@ def _row_block_bias(table: torch.Tensor, r0: int, r1: int, height: int, width: i
 @torch.jit.unused
 def _cpu_kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
                           bias_w: torch.Tensor, scale: float) -> Optional[torch.Tensor]:
-    """Full mode through the compiled CPU kernel where it applies (float32 CPU inference: it has no
-    backward) and is built; None otherwise. Its one caller has already checked for an eager run."""
+    """Full mode through the compiled CPU kernel where it applies (CPU inference in float32, bfloat16
+    or float16: it has no backward) and is built; None otherwise. Its one caller has already checked
+    for an eager run."""
     tensors = (q, k, v, bias_h, bias_w)
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+    if any(t.device.type != "cpu" or t.dtype not in _KERNEL_DTYPES for t in tensors):
+        return None
+    if k.dtype != q.dtype or v.dtype != q.dtype:
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
