@@ -72,3 +72,14 @@ def tiny_segret():
 
     torch.manual_seed(0)
     return SegRet(backbone=TINY_BACKBONE, num_classes=5, decoder_channels=32)
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> Path:
+    """The folder of one `segret-zoo demo --quick` run (seed 1): a SegRet-T trained on the demo's
+    scenes, saved under ``summary.json``'s ``paths.model_dir``, with the fresh scene it predicted."""
+    from segret_zoo.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out), "--seed", "1"]) == 0
+    return out

@@ -5,7 +5,6 @@ import json
 import math
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -66,13 +65,7 @@ def test_dataset_yields_normalized_tensors_and_flips_keep_alignment(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the demo
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
-    from segret_zoo.cli import main
-
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out), "--seed", "1"]) == 0
-    return out
+# (the quick_demo fixture is in conftest.py: tests/test_deploy.py checks deployments on its model too)
 
 
 def test_quick_demo_summary(quick_demo):

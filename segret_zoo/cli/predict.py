@@ -22,6 +22,7 @@ from segret_zoo.factory import load_model
 from segret_zoo.files import prepare_output_dir
 from segret_zoo.inference.export import export_onnx
 from segret_zoo.inference.predictor import Segmenter
+from segret_zoo.inference.runtimes import RUNTIMES, load_exported
 from segret_zoo.inference.visualize import colorize, legend, overlay, palette_for, pixel_shares, shares_record
 
 __all__ = ["add_cli", "run_predict", "run_export_onnx"]
@@ -68,7 +69,9 @@ def run_predict(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     prepare_output_dir(out_dir)  # one line now if it cannot be created, not a traceback later
 
-    model = load_model(args.model, args.checkpoint)
+    model = _predict_model(args, dtype)
+    if args.runtime != "torch":
+        device, dtype = None, None  # the runtime runs on the CPU in the precision it was given
     seg = Segmenter(model, mode=args.mode, tta=args.tta, device=device, dtype=dtype, batch_size=args.batch_size,
                     compile=args.compile)
     palette = palette_for(seg.num_classes, seg.pretrained_cfg.get("dataset"))
@@ -112,6 +115,16 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"segret-zoo predict: {done} of {len(paths)} images segmented into {out_dir}"
           + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predict_model(args: argparse.Namespace, dtype: Any) -> Any:
+    """The PyTorch model (``--runtime torch``), or the exported file in ONNX Runtime / OpenVINO."""
+    if args.runtime == "torch":
+        return load_model(args.model, args.checkpoint)
+    if args.checkpoint or args.compile or args.device not in ("auto", "cpu"):
+        raise UserError(f"--runtime {args.runtime} runs an exported .onnx file on the CPU: give it as --model "
+                        "(no --checkpoint, --compile or --device)")
+    return load_exported(args.model, args.runtime, precision=None if args.dtype == "auto" else dtype)
 
 
 # ------------------------------------------------------------------------------ export-onnx
@@ -159,7 +172,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders of images")
     p.add_argument("--model", required=True,
                    help="zoo name with optional tag (segret_tiny, segret_tiny.ade20k), a save_pretrained "
-                        "folder, or a Hub repo id")
+                        "folder, or a Hub repo id; with --runtime onnxruntime/openvino an exported .onnx file")
     p.add_argument("--checkpoint", metavar="PATH", help="weights file or save_pretrained folder for --model")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--mode", choices=("auto", "whole", "slide"), default="auto",
@@ -167,7 +180,11 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="autocast dtype (default: bf16/fp16 on GPU, fp32 on CPU)")
+                   help="autocast dtype (default: bf16/fp16 on GPU, fp32 on CPU); with --runtime openvino its "
+                        "inference precision")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="torch (default), or onnxruntime / openvino to run an exported --model FILE.onnx "
+                        "(segret-zoo export-onnx) with the same pre- and post-processing")
     p.add_argument("--batch-size", type=int, default=1,
                    help="images per forward pass; different sizes are padded, not resized (default 1)")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)")

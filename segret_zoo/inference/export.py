@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from segret_zoo.inference.fold import fold_for_inference
+from segret_zoo.inference.runtimes import METADATA_KEY, OnnxRuntimeModel
 
 __all__ = [
     "DEFAULT_CHECK_SIZES",
@@ -39,7 +40,8 @@ __all__ = [
 # shapes used by the parity check: batch > 1, non-square, and sizes that are not multiples of 32
 DEFAULT_CHECK_SIZES: Tuple[Tuple[int, int, int, int], ...] = ((1, 3, 256, 256), (2, 3, 224, 320), (1, 3, 333, 250))
 _INPUT_NAME, _OUTPUT_NAME = "pixel_values", "logits"
-METADATA_KEY = "segret_zoo.pretrained_cfg"
+# the ONNX Runtime form of an exported file, under its earlier name
+OnnxModel = OnnxRuntimeModel
 
 
 def fused_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -97,7 +99,7 @@ def export_onnx(
     (unfused) PyTorch model in onnxruntime on ``check_sizes`` (default ``DEFAULT_CHECK_SIZES``); a max
     abs logit difference above ``atol`` raises ``AssertionError``. ``sample_size`` is only the tracing
     input (batch >= 2, H != W, so no dim is specialized); the graph takes any size, 1×1 included.
-    The file's metadata holds the model's ``pretrained_cfg`` (see :class:`OnnxModel`).
+    The file's metadata holds the model's ``pretrained_cfg`` (see :mod:`segret_zoo.inference.runtimes`).
     Returns a report dict (path, opset, exporter, export_seconds, parity).
     """
     if opset < 17:
@@ -157,7 +159,7 @@ def _finalize(path: Path, pretrained_cfg: Optional[Dict[str, Any]]) -> None:
     The exporter calls the input's batch/height/width ``s77``-like symbols; they are renamed
     everywhere they occur so tools show ``pixel_values[batch, 3, height, width]``. The model's
     ``pretrained_cfg`` (mean/std, test scale, crop, labels) goes into the metadata under
-    ``segret_zoo.pretrained_cfg`` (JSON), so :class:`OnnxModel` can run the file without PyTorch weights.
+    ``segret_zoo.pretrained_cfg`` (JSON), so an exported file runs in any runtime (:mod:`segret_zoo.inference.runtimes`) without PyTorch weights.
     """
     import onnx
 
@@ -175,35 +177,6 @@ def _finalize(path: Path, pretrained_cfg: Optional[Dict[str, Any]]) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(_jsonable(pretrained_cfg))
     onnx.save(proto, str(path))
-
-
-class OnnxModel(torch.nn.Module):
-    """An exported ONNX file behind the interface :class:`~segret_zoo.inference.Segmenter` uses
-    (normalized B×3×H×W -> B×K×H×W logits, ``pretrained_cfg``, ``num_classes``, ``id2label``), run by
-    onnxruntime, so deployments are checked with the very same pre- and post-processing."""
-
-    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None,
-                 providers: Optional[Sequence[str]] = None,
-                 pretrained_cfg: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
-        self.input_name = self.session.get_inputs()[0].name
-        stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        cfg = dict(json.loads(stored)) if stored else {}
-        cfg.update(pretrained_cfg or {})
-        classes = self.session.get_outputs()[0].shape[1]
-        self.num_classes = int(cfg.get("num_classes") or (classes if isinstance(classes, int) else 0)) or None
-        self.id2label = {int(k): v for k, v in (cfg.get("id2label") or {}).items()}
-        self.pretrained_cfg = cfg
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
 
 
 def check_onnx_parity(

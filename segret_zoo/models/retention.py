@@ -31,8 +31,10 @@ float32, bf16 or fp16 (autocast or a   widened to float32 once per call); SDPA b
 cast model)                            or cannot be built
 full, CPU, eager, otherwise            :func:`blocked_manhattan_attention` (training, float64):
                                        whole mask, row-shift table views, or row by row, by size
-full, scripted/traced/exported/        one SDPA with the whole ``1 x N x L x L`` mask built from the
-compiled for CPU                       1-D tables (a graph every backend takes)
+full, scripted/traced/exported/        :func:`broadcast_manhattan_attention`: per head, explicit
+compiled for CPU (ONNX, torch.export)  scores with the two 1-D tables added by broadcasting (no
+                                       ``L x L`` bias), softmax, ``@ v``: OpenVINO fuses it, ONNX
+                                       Runtime holds one head's scores at a time
 =====================================  =====================================================================
 
 Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
@@ -75,7 +77,7 @@ from .cpu_kernel import manhattan_kernel
 
 __all__ = [
     "retention_positions", "head_decays", "rotate_every_two", "theta_shift", "manhattan_bias",
-    "manhattan_attention", "row_shift_table", "ManhattanSelfAttention",
+    "manhattan_attention", "broadcast_manhattan_attention", "row_shift_table", "ManhattanSelfAttention",
 ]
 
 # bytes a full-mode stage may hold for its bias: the whole N x HW x HW mask, or a row-shift table
@@ -445,15 +447,40 @@ def blocked_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return out.transpose(1, 2)
 
 
+def broadcast_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
+                                  bias_w: torch.Tensor, scale: float) -> torch.Tensor:
+    """Full-mode retention as plain tensor ops, for graphs, on token-major ``B x HW x N x d`` inputs
+    (returned in that layout).
+
+    One head at a time: its ``B x L x L`` scores ``(q * scale) k^T``, seen as ``B x H x W x H x W``,
+    get the two 1-D decay tables added by broadcasting (``bias_h[n, i, i']`` over the column pair,
+    ``bias_w[n, j, j']`` over the row pair), so no ``L x L`` bias is built or stored; then softmax and
+    ``@ v``. OpenVINO's CPU plugin fuses each head's chain into one attention kernel; ONNX Runtime
+    runs it as separate ops and holds one head's scores at a time (256 MiB at stage 3 of a 1024 x 2048
+    input, where all heads' scores and their mask would take 2 GiB each). Heads are taken from the
+    token-major projections directly, so no ``B x N x L x d`` transposes are made.
+    """
+    B, L, N, _ = q.shape
+    height, width = bias_h.shape[-1], bias_w.shape[-1]
+    heads: List[torch.Tensor] = []
+    for n in range(N):
+        scores = torch.matmul(q[:, :, n] * scale, k[:, :, n].transpose(1, 2))  # B x L x L
+        scores = (scores.view(B, height, width, height, width)
+                  + bias_h[0, n, :, None, :, None] + bias_w[0, n, None, :, None, :])
+        heads.append(torch.matmul(scores.view(B, L, L).softmax(-1), v[:, :, n]))
+    return torch.stack(heads, 2)
+
+
 @register_notrace_function
 def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
                         bias_w: torch.Tensor, scale: float) -> torch.Tensor:
     """Full-mode retention ``softmax(q k^T * scale + manhattan_bias) v`` for ``B x N x HW x d`` inputs.
 
     On CUDA (eager or under ``torch.compile``): ``flex_attention`` with the decay as a ``score_mod``
-    (no mask at all), falling back to SDPA where flex is missing. Eager elsewhere: query blocks whose
-    bias is built from the 1-D tables (:func:`blocked_manhattan_attention`). Scripted, traced,
-    exported or compiled for CPU: one SDPA with the full mask, a graph every backend takes.
+    (no mask at all), falling back to SDPA where flex is missing. Eager elsewhere: the compiled CPU
+    kernel, else query blocks whose bias is built from the 1-D tables
+    (:func:`blocked_manhattan_attention`). Scripted, traced, exported or compiled for the CPU:
+    :func:`broadcast_manhattan_attention` (a graph every backend takes, with no ``L x L`` bias).
     """
     if _eager_only(q):
         if q.is_cuda and _flex_available():
@@ -465,7 +492,9 @@ def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_
     if not torch.jit.is_scripting():
         if _compiling_for_cuda(q):  # inside torch.compile: dynamo compiles flex itself
             return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale, False)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=manhattan_bias(bias_h, bias_w), scale=scale)
+    # q/k/v are transposed views of token-major projections: transposed back, the pairs cancel
+    return broadcast_manhattan_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias_h, bias_w,
+                                         scale).transpose(1, 2)
 
 
 # a leaf for a plain torch.fx.symbolic_trace as well: the block loop runs over the traced sizes
