@@ -20,7 +20,7 @@ from segret_zoo.devices import resolve_device, resolve_dtype
 from segret_zoo.errors import ImageReadError, UserError
 from segret_zoo.factory import load_model
 from segret_zoo.files import prepare_output_dir
-from segret_zoo.inference.export import export_onnx
+from segret_zoo.inference.export import DEFAULT_OPSET, LEGACY_MAX_OPSET, export_onnx
 from segret_zoo.inference.predictor import Segmenter
 from segret_zoo.inference.runtimes import RUNTIMES, load_exported
 from segret_zoo.inference.visualize import colorize, legend, overlay, palette_for, pixel_shares, shares_record
@@ -130,8 +130,13 @@ def _predict_model(args: argparse.Namespace, dtype: Any) -> Any:
 # ------------------------------------------------------------------------------ export-onnx
 def run_export_onnx(args: argparse.Namespace) -> int:
     """Export with dynamic batch/H/W (ZIR folded); ``--check`` validates and compares with onnxruntime."""
+    if args.opset is None:
+        args.opset = DEFAULT_OPSET if args.exporter == "dynamo" else LEGACY_MAX_OPSET
     if args.opset < 17:
         raise UserError(f"--opset {args.opset} is too old; use 17 or newer (LayerNormalization)")
+    if args.exporter == "legacy" and args.opset > LEGACY_MAX_OPSET:
+        raise UserError(f"--exporter legacy writes opsets up to {LEGACY_MAX_OPSET}; give --opset {LEGACY_MAX_OPSET} or "
+                        "lower, or use the default dynamo exporter")
     local_or_hub = Path(args.model).exists() or "/" in args.model or args.model.startswith("hf-hub:")
     tagged = "." in args.model and not local_or_hub
     model = load_model(args.model, args.checkpoint, num_classes=args.num_classes, pretrained=tagged)
@@ -204,7 +209,10 @@ def add_cli(subparsers: Any) -> None:
                         "save_pretrained folder or Hub repo id")
     e.add_argument("--checkpoint", metavar="PATH", help="weights file or save_pretrained folder")
     e.add_argument("--num-classes", type=int, metavar="K", help="number of classes (new head)")
-    e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    e.add_argument("--opset", type=int, default=None,
+                   help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET}: ONNX's Attention op, read by onnxruntime >= 1.23 "
+                        f"and OpenVINO >= 2026.1; give 18 for older runtimes; --exporter legacy: at most and by "
+                        f"default {LEGACY_MAX_OPSET})")
     e.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
                    help="torch.onnx exporter (default dynamo; legacy = deprecated TorchScript exporter, faster)")
     e.add_argument("--check", action="store_true", help="validate and compare with onnxruntime (needs onnxruntime)")

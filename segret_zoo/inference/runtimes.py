@@ -28,6 +28,8 @@ __all__ = ["RUNTIMES", "METADATA_KEY", "ExportedModel", "OnnxRuntimeModel", "Ope
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 METADATA_KEY = "segret_zoo.pretrained_cfg"
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
+# the first versions that read ONNX's Attention op (opset 23, the export default)
+_OPSET23 = {"onnxruntime": "1.23", "openvino": "2026.1"}
 # OpenVINO's names for the precisions a user may ask for (INFERENCE_PRECISION_HINT)
 _OV_PRECISIONS = {None: "f32", torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
 
@@ -53,6 +55,19 @@ def _require(runtime: str) -> Any:
     except ImportError:
         raise UserError(f"the {runtime} runtime is not installed: pip install \"segret-zoo[{extra}]\" "
                         f"(or pip install {module})") from None
+
+
+def _load_error(runtime: str, version: str, path: Path, err: Exception) -> UserError:
+    """One line for a file a runtime cannot load, with what usually fixes it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines if "Attention" in line), lines[-1] if lines else type(err).__name__)
+    release = tuple(int(part) for part in version.split("-")[0].split(".")[:2] if part.isdigit())
+    if release < tuple(int(part) for part in _OPSET23[runtime].split(".")):
+        advice = (f"files written by `segret-zoo export-onnx` (ONNX opset 23) need {runtime} >= {_OPSET23[runtime]}: "
+                  "upgrade it, or export with --opset 18")
+    else:
+        advice = "give a model written by `segret-zoo export-onnx`"
+    return UserError(f"{runtime} {version.split('-')[0]} cannot load {path} ({detail[:300]}); {advice}")
 
 
 class ExportedModel(torch.nn.Module):
@@ -96,7 +111,10 @@ class OnnxRuntimeModel(ExportedModel):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        session = ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+        try:
+            session = ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise _load_error("onnxruntime", ort.__version__, Path(path), err) from None
         classes = session.get_outputs()[0].shape[1]
         super().__init__(path, session.get_modelmeta().custom_metadata_map.get(METADATA_KEY),
                          classes if isinstance(classes, int) else None, pretrained_cfg)
@@ -127,13 +145,17 @@ class OpenVinoModel(ExportedModel):
                                   "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
-        model = core.read_model(str(path))
+        try:
+            model = core.read_model(str(path))
+            compiled = core.compile_model(model, "CPU", config)
+        except Exception as err:  # OpenVINO raises RuntimeError / GeneralFailure with multi-line text
+            raise _load_error("openvino", ov.__version__, Path(path), err) from None
         classes = model.outputs[0].get_partial_shape()[1]
         key = ["framework", METADATA_KEY]  # where OpenVINO keeps an ONNX file's metadata
         stored = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
         super().__init__(path, stored, classes.get_length() if classes.is_static else None, pretrained_cfg)
         self.precision = _OV_PRECISIONS[precision]
-        self.compiled = core.compile_model(model, "CPU", config)
+        self.compiled = compiled
         self.request = self.compiled.create_infer_request()
 
     def run(self, pixels: np.ndarray) -> np.ndarray:

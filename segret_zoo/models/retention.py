@@ -31,10 +31,9 @@ float32, bf16 or fp16 (autocast or a   widened to float32 once per call); SDPA b
 cast model)                            or cannot be built
 full, CPU, eager, otherwise            :func:`blocked_manhattan_attention` (training, float64):
                                        whole mask, row-shift table views, or row by row, by size
-full, scripted/traced/exported/        :func:`broadcast_manhattan_attention`: per head, explicit
-compiled for CPU (ONNX, torch.export)  scores with the two 1-D tables added by broadcasting (no
-                                       ``L x L`` bias), softmax, ``@ v``: OpenVINO fuses it, ONNX
-                                       Runtime holds one head's scores at a time
+full, scripted/traced/exported/        :func:`graph_manhattan_attention`: SDPA per group of heads, the
+compiled for CPU (ONNX, torch.export)  group's bias built from its 1-D tables (the form ONNX Runtime
+                                       and OpenVINO fuse; a quarter of the memory at a time)
 =====================================  =====================================================================
 
 Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
@@ -77,7 +76,7 @@ from .cpu_kernel import manhattan_kernel
 
 __all__ = [
     "retention_positions", "head_decays", "rotate_every_two", "theta_shift", "manhattan_bias",
-    "manhattan_attention", "broadcast_manhattan_attention", "row_shift_table", "ManhattanSelfAttention",
+    "manhattan_attention", "graph_manhattan_attention", "row_shift_table", "ManhattanSelfAttention",
 ]
 
 # bytes a full-mode stage may hold for its bias: the whole N x HW x HW mask, or a row-shift table
@@ -447,28 +446,31 @@ def blocked_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return out.transpose(1, 2)
 
 
-def broadcast_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
-                                  bias_w: torch.Tensor, scale: float) -> torch.Tensor:
-    """Full-mode retention as plain tensor ops, for graphs, on token-major ``B x HW x N x d`` inputs
-    (returned in that layout).
+def graph_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
+                              bias_w: torch.Tensor, scale: float, groups: int = 4) -> torch.Tensor:
+    """Full-mode retention for graphs (ONNX, torch.export, TorchScript, torch.compile on the CPU), on
+    ``B x N x HW x d`` inputs: one SDPA per group of heads (``groups`` of them), each with its heads'
+    ``HW x HW`` bias built from their 1-D tables.
 
-    One head at a time: its ``B x L x L`` scores ``(q * scale) k^T``, seen as ``B x H x W x H x W``,
-    get the two 1-D decay tables added by broadcasting (``bias_h[n, i, i']`` over the column pair,
-    ``bias_w[n, j, j']`` over the row pair), so no ``L x L`` bias is built or stored; then softmax and
-    ``@ v``. OpenVINO's CPU plugin fuses each head's chain into one attention kernel; ONNX Runtime
-    runs it as separate ops and holds one head's scores at a time (256 MiB at stage 3 of a 1024 x 2048
-    input, where all heads' scores and their mask would take 2 GiB each). Heads are taken from the
-    token-major projections directly, so no ``B x N x L x d`` transposes are made.
+    Why this form (``benchmarks/README.md``, "Deployed graphs"): the runtimes fuse SDPA (ONNX's
+    ``Attention`` from opset 23, or its MatMul-Add-Softmax-MatMul pattern) only with an additive
+    mask input; the two 1-D tables broadcast over a 6-D view of the scores instead is not fused by
+    OpenVINO with dynamic shapes and costs ONNX Runtime two extra passes over every score. In groups,
+    the bias and the scores a runtime materializes at a time are a fraction of all heads' (at stage 3
+    of a 1024 x 2048 input, 512 MiB each instead of 2 GiB), and a group's bias is the same expression
+    in every block of a stage, so the runtimes' common-subexpression elimination builds it once per
+    stage. Groups rather than single heads: the same memory bound within 25%, and a graph a quarter
+    the size to export.
     """
-    B, L, N, _ = q.shape
-    height, width = bias_h.shape[-1], bias_w.shape[-1]
-    heads: List[torch.Tensor] = []
-    for n in range(N):
-        scores = torch.matmul(q[:, :, n] * scale, k[:, :, n].transpose(1, 2))  # B x L x L
-        scores = (scores.view(B, height, width, height, width)
-                  + bias_h[0, n, :, None, :, None] + bias_w[0, n, None, :, None, :])
-        heads.append(torch.matmul(scores.view(B, L, L).softmax(-1), v[:, :, n]))
-    return torch.stack(heads, 2)
+    heads = q.shape[1]
+    size = -(-heads // groups)
+    outs: List[torch.Tensor] = []
+    qs, ks, vs = q.split(size, 1), k.split(size, 1), v.split(size, 1)
+    bhs, bws = bias_h.split(size, 1), bias_w.split(size, 1)
+    for g in range(len(qs)):
+        outs.append(F.scaled_dot_product_attention(qs[g], ks[g], vs[g], attn_mask=manhattan_bias(bhs[g], bws[g]),
+                                                   scale=scale))
+    return torch.cat(outs, 1)
 
 
 @register_notrace_function
@@ -480,7 +482,7 @@ def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_
     (no mask at all), falling back to SDPA where flex is missing. Eager elsewhere: the compiled CPU
     kernel, else query blocks whose bias is built from the 1-D tables
     (:func:`blocked_manhattan_attention`). Scripted, traced, exported or compiled for the CPU:
-    :func:`broadcast_manhattan_attention` (a graph every backend takes, with no ``L x L`` bias).
+    :func:`graph_manhattan_attention` (SDPA per group of heads: the form the runtimes fuse).
     """
     if _eager_only(q):
         if q.is_cuda and _flex_available():
@@ -492,9 +494,7 @@ def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_
     if not torch.jit.is_scripting():
         if _compiling_for_cuda(q):  # inside torch.compile: dynamo compiles flex itself
             return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale, False)
-    # q/k/v are transposed views of token-major projections: transposed back, the pairs cancel
-    return broadcast_manhattan_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias_h, bias_w,
-                                         scale).transpose(1, 2)
+    return graph_manhattan_attention(q, k, v, bias_h, bias_w, scale)
 
 
 # a leaf for a plain torch.fx.symbolic_trace as well: the block loop runs over the traced sizes
