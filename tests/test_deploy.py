@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from segret_zoo.cli import main
+from segret_zoo.devices import cpu_bf16_supported
 from segret_zoo.inference.export import export_onnx
 from segret_zoo.inference.predictor import Segmenter
 from segret_zoo.inference.runtimes import load_exported, runtime_available
@@ -218,8 +220,14 @@ def test_bfloat16_labels_agree_with_float32_on_the_demo_model(demo_model_dir, de
     import segret_zoo
 
     model = segret_zoo.from_pretrained(str(demo_model_dir))
-    fp32, bf16 = Segmenter(model, device="cpu"), Segmenter(model, device="cpu", dtype="bf16")
+    fp32 = Segmenter(model, device="cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bf16 = Segmenter(model, device="cpu", dtype="bf16")
     assert bf16.dtype == torch.bfloat16
+    # a CPU without native bf16 emulates it, several times slower than float32: the user is told
+    slow = [w for w in caught if "no native bfloat16" in str(w.message)]
+    assert len(slow) == (0 if cpu_bf16_supported() else 1)
     classes = set()
     for path in demo_images:
         rgb = np.asarray(Image.open(path).convert("RGB"))
