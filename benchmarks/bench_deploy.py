@@ -19,10 +19,11 @@ ours are, exported by ``torch.onnx.export`` (dynamo, opset 18, dynamic batch/hei
 are written to ``--work`` once and reused (``--reexport`` writes them again). Random weights: the
 work per forward does not depend on their values. 150 classes, batch 1, whole images.
 
-Time: every (runtime, model) pair is run in rotation (A B C ... A B C ...) for ``--iters`` rounds
-after a warm-up at that size, and the medians are reported, with the share of the machine's CPU
-other processes used meanwhile (a multi-threaded forward sharing a core with another job waits at
-every parallel region; ``--clean K`` keeps going until every pair has K forwards with the others
+Time: per size and runtime, segret_tiny and SegFormer-B1 alternate (A B A B ...) for ``--iters``
+rounds after a warm-up at that size (one runtime's sessions at a time: each keeps the buffers of its
+largest forward, GiBs at 1024x2048), and the medians are reported with the share of the machine's
+CPU other processes used meanwhile (a multi-threaded forward sharing a core with another job waits
+at every parallel region; ``--clean K`` keeps going until both models have K forwards with the others
 idle, as in ``bench_rmt.py``). ``ratio`` is segret_tiny / SegFormer-B1 in the same row, ``/ eager``
 segret_tiny / its own eager float32 time at the same size.
 
@@ -285,13 +286,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     manhattan_kernel()  # build the retention kernel before anything is timed
     info = machine()
     files = onnx_files(Path(args.work), args.reexport) if any(not r.startswith("torch") for r in runtimes) else {}
-    runners = {(rt, name): make_runner(rt, name, files.get(name, Path()), args.threads)
-               for rt in runtimes for name in MODELS}
     rows: List[Dict[str, Any]] = []
     for size in (parse_size(s) for s in args.sizes.split(",") if s.strip()):
         x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
-        timing = time_rotation({f"{rt}/{name}": fn for (rt, name), fn in runners.items()}, x, args.iters,
-                               args.clean, args.max_seconds, args.clock)
+        timing: Dict[str, Dict[str, Any]] = {}
+        for rt in runtimes:
+            # one runtime at a time, its two models alternating: a runtime keeps the buffers of its
+            # largest forward (at 1024x2048, GiBs per model), so all of them at once would not fit
+            runners = {f"{rt}/{name}": make_runner(rt, name, files.get(name, Path()), args.threads)
+                       for name in MODELS}
+            timing.update(time_rotation(runners, x, args.iters, args.clean, args.max_seconds, args.clock))
+            del runners
+            gc.collect()
         eager = timing.get("torch/segret_tiny", {}).get("ms")
         for rt in runtimes:
             ours, b1 = timing[f"{rt}/segret_tiny"], timing[f"{rt}/segformer_b1"]
