@@ -14,10 +14,19 @@ import typing
 dependencies = ["torch", "timm", "huggingface_hub", "safetensors"]
 
 
+def _checked(kwargs: typing.Dict[str, typing.Any]) -> typing.Dict[str, typing.Any]:
+    """The keyword arguments with ``num_classes`` checked up front (a string or a zero is one clear line)."""
+    if kwargs.get("num_classes") is not None:
+        from segret_zoo.validate import check_num_classes
+
+        kwargs["num_classes"] = check_num_classes(kwargs["num_classes"])
+    return kwargs
+
+
 def _segret(name: str, pretrained: typing.Any, **kwargs: typing.Any) -> typing.Any:
     from segret_zoo.factory import create_model
 
-    return create_model(name, pretrained=pretrained, **kwargs)
+    return create_model(name, pretrained=pretrained, **_checked(kwargs))
 
 
 def _rmt(name: str, pretrained: bool, **kwargs: typing.Any) -> typing.Any:
@@ -25,6 +34,7 @@ def _rmt(name: str, pretrained: bool, **kwargs: typing.Any) -> typing.Any:
 
     import segret_zoo  # noqa: F401  (registers rmt_* with timm)
 
+    kwargs = _checked(kwargs) if kwargs.get("num_classes") != 0 else kwargs  # 0: timm's "no classifier"
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 

@@ -1,6 +1,9 @@
 """The plain formulation of Manhattan self-attention, for benchmarks: same weights, same position
-tables, but ``softmax(q k^T * scale + bias) v`` written out with explicit matmuls and the rotary
-shift written as ``x * cos + rot(x) * sin`` — what the fast path replaces.
+tables, but ``softmax(q k^T * scale + bias) v`` written out with explicit matmuls over the whole
+``L x L`` mask (full mode) or the 1-D masks (decomposed mode) — what the fast paths replace.
+
+The rotary theta shift, where a model has it (the ImageNet ``rmt_*`` models; SegRet's released
+encoder has none), is written as ``x * cos + rot(x) * sin``.
 
 ``use_plain_attention(model)`` swaps every ``ManhattanSelfAttention`` of a model in place.
 """
@@ -26,11 +29,12 @@ class PlainManhattanSelfAttention(ManhattanSelfAttention):
         N, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).unflatten(-1, (3, N, d)).unbind(3)  # B x H x W x N x d
         lepe = self.lepe(v.flatten(3).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        # the tables hold one value per channel pair of all heads: repeat per channel, split per head
-        sin_full = sin.repeat_interleave(2, dim=-1).reshape(H, W, N, d)
-        cos_full = cos.repeat_interleave(2, dim=-1).reshape(H, W, N, d)
-        q = q * cos_full + rotate_every_two(q) * sin_full
-        k = k * cos_full + rotate_every_two(k) * sin_full
+        if self.rotary:
+            # the tables hold one value per channel pair of all heads: repeat per channel, split per head
+            sin_full = sin.repeat_interleave(2, dim=-1).reshape(H, W, N, d)
+            cos_full = cos.repeat_interleave(2, dim=-1).reshape(H, W, N, d)
+            q = q * cos_full + rotate_every_two(q) * sin_full
+            k = k * cos_full + rotate_every_two(k) * sin_full
         if not self.decomposed:  # the full 1 x N x HW x HW mask, built up front as the plain form does
             bias_a = manhattan_bias(bias_b, bias_a)
         bias_a, bias_b = bias_a.squeeze(0), bias_b.squeeze(0)  # N x L x S

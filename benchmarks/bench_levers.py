@@ -2,8 +2,14 @@
 
     python benchmarks/bench_levers.py                 # all levers, a few minutes on 2 threads
     python benchmarks/bench_levers.py --only attention,faults
+    python benchmarks/bench_levers.py --iters 1 --sizes 128x128     # a smoke run: every lever, small
 
-Each lever is timed in one process, its variants interleaved (A, B, A, B, ...), medians reported:
+Each lever is timed in one process, its variants interleaved (A, B, A, B, ...), medians reported.
+The whole-model levers run ``segret_tiny`` as released (``bench_segret.build_column``: no rotary
+theta shift, FFN fc1 -> GELU -> fc2, the ``reparameterize_model`` form) at ``--sizes``; the
+attention levers are one layer of stage 3 of rmt_t at 1024x2048, the same in SegRet's encoder and in
+the ImageNet RMT (the rotary shift happens before the attention, on the ImageNet RMT only; its
+complex-product lever is ``bench_rmt.py``'s ``fast`` vs ``plain`` with ``--encoder imagenet``):
 
 * ``queries``: full-mode retention at stage 3 of rmt_t for a 1024x2048 input (8 heads, 8192 tokens,
   head dim 32), no mask, split into SDPA calls of 128 ... 2048 queries: the CPU flash kernel takes
@@ -12,7 +18,7 @@ Each lever is timed in one process, its variants interleaved (A, B, A, B, ...), 
   every block of rows (the previous path), row-shift tables of 2-8 rows
   (``retention.row_shift_table``), the compiled CPU kernel (decay from the 1-D tables inside its
   tiles, no mask) and no mask at all (the floor);
-* ``cpu_kernel``: segret_tiny's whole forward at 512x512 and 1024x2048 with full-mode retention in
+* ``cpu_kernel``: segret_tiny's whole forward (``--sizes``) with full-mode retention in
   the compiled CPU kernel (``segret_zoo/models/csrc``) against SDPA with a mask or row-shift table;
 * ``bf16``: full-mode retention in bfloat16 (autocast or a bf16 model) at stage 3 of rmt_t for
   512x512 and 1024x2048 inputs: the compiled kernel (q, k, v widened to float32 once, no mask)
@@ -21,16 +27,19 @@ Each lever is timed in one process, its variants interleaved (A, B, A, B, ...), 
   each. On CPUs with native bf16 matmul (AMX) SDPA's products run in bf16, so this is the lever to
   run there before changing the default;
 * ``inplace``: the same forward with residual sums and GELUs written into their branch's fresh
-  output against fresh tensors for each (identical values, checked);
+  output against fresh tensors for each (identical values, checked); in SegRet's encoder that is
+  the blocks' three residuals, the FFN's GELU and the stem's GELUs (the FFN conv's residual exists
+  in the ImageNet RMT only);
 * ``kernel``: the flash SDPA against ``baddbmm + softmax + bmm`` at the shapes of every stage's
   attention at 512x512;
 * ``upsample``: the 150-class logits upsampled to 512x512: plain bilinear, ``antialias=True``
   (identical values when upsampling, other kernel), and the cost of writing fresh output pages alone;
-* ``faults``: minor page faults and time per forward of segret_tiny and SegFormer-B1 at 512x512
+* ``faults``: minor page faults and time per forward of segret_tiny and SegFormer-B1 at the first of ``--sizes``
   (fresh ``mmap`` pages are zeroed by the kernel on first touch; compare runs with
   ``THP_MEM_ALLOC_ENABLE=1`` or ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` set);
-* ``compile``: segret_tiny at 512x512, eager against ``torch.compile`` (inductor), compile time
-  reported separately (opt-in ``--compile`` of predict and eval).
+* ``compile``: segret_tiny at the first of ``--sizes``, eager against ``torch.compile`` (inductor),
+  compile time reported separately (opt-in ``--compile`` of predict and eval); the compiled graph
+  runs full mode as one SDPA with the whole mask built in the graph (retention.py's table).
 """
 from __future__ import annotations
 
@@ -184,8 +193,11 @@ def lever_upsample(iters: int) -> None:
     }, iters))
 
 
+SIZES: Sequence[tuple] = ((512, 512), (1024, 2048))  # of the whole-model levers; --sizes
+
+
 def _whole_model_sizes() -> Sequence[tuple]:
-    return ((512, 512), (1024, 2048))
+    return SIZES
 
 
 def lever_cpu_kernel(iters: int) -> None:
@@ -273,8 +285,10 @@ def _out_of_place_block(self, x, sin, cos, bias_a, bias_b):  # RetBlock.forward 
     return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
 
 
-def _out_of_place_ffn(self, x):  # ConvFFN.forward with F.gelu and a fresh sum
+def _out_of_place_ffn(self, x):  # ConvFFN.forward with F.gelu (and a fresh sum where the FFN has its conv)
     x = F.gelu(self.fc1(x))
+    if self.dwconv is None:  # SegRet's encoder: fc1 -> GELU -> fc2
+        return self.fc2(x)
     return self.fc2(x + self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
 
 
@@ -315,8 +329,9 @@ def lever_inplace(iters: int) -> None:
 def lever_faults(iters: int) -> None:
     from bench_segret import build_column
 
-    x = torch.randn(1, 3, 512, 512)
-    print("\n### page faults per forward at 512x512\n\n| model | minor faults | MiB faulted in | ms (mean) |\n|---|---|---|---|")
+    size = SIZES[0]
+    x = torch.randn(1, 3, *size)
+    print(f"\n### page faults per forward at {size[0]}x{size[1]}\n\n| model | minor faults | MiB faulted in | ms (mean) |\n|---|---|---|---|")
     for name in ("segret_tiny", "segformer_b1"):
         model = build_column(name, None, 150)
         with torch.inference_mode():
@@ -334,7 +349,8 @@ def lever_faults(iters: int) -> None:
 def lever_compile(iters: int) -> None:
     from bench_segret import build_column
 
-    x = torch.randn(1, 3, 512, 512)
+    size = SIZES[0]
+    x = torch.randn(1, 3, *size)
     eager = build_column("segret_tiny", None, 150)
     compiled = torch.compile(eager)
     with torch.inference_mode():
@@ -344,15 +360,20 @@ def lever_compile(iters: int) -> None:
         torch.testing.assert_close(compiled(x), eager(x), atol=1e-3, rtol=1e-3)
         times = interleaved({"eager": lambda: eager(x), "torch.compile (inductor)": lambda: compiled(x)}, iters)
     print(f"\ntorch.compile: first call (compilation) {first:.1f} s")
-    report("segret_tiny at 512x512, eager vs compiled", times)
+    report(f"segret_tiny at {size[0]}x{size[1]}, eager vs compiled", times)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    global SIZES
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--only", default=",".join(LEVERS), help=f"comma-separated subset of {list(LEVERS)}")
+    parser.add_argument("--sizes", default=",".join(f"{h}x{w}" for h, w in SIZES),
+                        help="comma-separated H x W of the whole-model levers (cpu_kernel, inplace; the first: "
+                             "faults, compile)")
     args = parser.parse_args(argv)
+    SIZES = tuple(tuple(int(v) for v in size.lower().split("x")) for size in args.sizes.split(",") if size.strip())
     torch.set_num_threads(args.threads)
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(chosen) - set(LEVERS))

@@ -2,7 +2,8 @@
 
 All three run the same full predict path (uint8 image -> normalize -> model -> bilinear upsample ->
 argmax) on the same 512×512 image; only the model behind the Segmenter changes, so the columns are
-directly comparable. Weights are random unless --checkpoint is given (speed does not depend on them).
+directly comparable. Weights are random unless --checkpoint is given (speed does not depend on them;
+every ZIR path and BatchNorm statistic is randomized, so the columns' probability check means something).
 
     python benchmarks/bench_predict.py --model segret_tiny --threads 2 --iters 10 [--json out.json]
 """
@@ -21,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from segret_zoo.inference.export import OnnxModel, export_onnx, fused_copy  # noqa: E402
@@ -28,7 +30,7 @@ from segret_zoo.inference.predictor import Segmenter  # noqa: E402
 
 
 def build_model(name: str, checkpoint: Optional[str], num_classes: int) -> torch.nn.Module:
-    """The zoo model with random weights (no download), or the checkpoint's weights."""
+    """The zoo model with random, non-trivial weights (no download), or the checkpoint's weights."""
     if checkpoint:
         from segret_zoo.inference.cli import load_model
 
@@ -38,8 +40,11 @@ def build_model(name: str, checkpoint: Optional[str], num_classes: int) -> torch
     base = name.split(".")[0]
     if base not in SEGRET_VARIANTS:
         raise SystemExit(f"unknown model {name!r}; choose one of {sorted(SEGRET_VARIANTS)}")
-    return SegRet(**SEGRET_VARIANTS[base], num_classes=num_classes, architecture=base,
-                  pretrained_cfg=dict(dataset="ade20k"))
+    from _official import randomize_
+
+    model = SegRet(**SEGRET_VARIANTS[base], num_classes=num_classes, architecture=base,
+                   pretrained_cfg=dict(dataset="ade20k"))
+    return randomize_(model, seed=0)
 
 
 def time_predict(fn: Callable[[], Any], iters: int, warmup: int) -> List[float]:

@@ -3,10 +3,18 @@ the plain formulation and (when given) the official RMT code, as ratios measured
 
     python benchmarks/bench_rmt.py --official /path/to/RMT.py --json rmt.json      # full table
     python benchmarks/bench_rmt.py --quick                                          # rmt_t only, small
+    python benchmarks/bench_rmt.py --encoder segret --official /path/to/RMT.py      # SegRet's encoders
+
+``--encoder imagenet`` (default) measures the timm models ``rmt_*``: the ImageNet RMT, with the
+rotary theta shift and the FFN's depthwise conv. ``--encoder segret`` measures the same variants
+built as SegRet's released encoder (``SEGRET_ENCODER_ARGS``: no theta shift, FFN fc1 -> GELU ->
+fc2), what ``segret_*`` run; the official column is then the official code with the two changes of
+``_official.SEGRET_PATCH_NOTE``, and the parameter targets (the ImageNet backbones') do not apply.
 
 Columns, all on the stage features (stem + four stages, what segmentation uses; no ImageNet head):
 
-* ``fast``: this package (``scaled_dot_product_attention``, 4-D masks, complex-product rotary);
+* ``fast``: this package (``scaled_dot_product_attention``, 4-D masks, the compiled CPU kernel for
+  full mode, and for ``imagenet`` the complex-product rotary shift);
 * ``plain``: the same model and weights with attention written as ``softmax(q k^T + bias) v``
   (``benchmarks/_plain.py``);
 * ``official``: ``classfication_release/RMT.py`` of github.com/qhfan/RMT with the same weights
@@ -64,19 +72,26 @@ def fmt_size(size: Size) -> str:
 
 
 # ------------------------------------------------------------------------------------ models
-def build_models(variant: str, official_path: Optional[str], impls: Sequence[str], seed: int = 0
-                 ) -> Dict[str, torch.nn.Module]:
-    """The requested implementations of ``variant`` with identical (random) weights, eval mode."""
+ENCODERS = ("imagenet", "segret")
+
+
+def build_models(variant: str, official_path: Optional[str], impls: Sequence[str], seed: int = 0,
+                 encoder: str = "imagenet") -> Dict[str, torch.nn.Module]:
+    """The requested implementations of ``variant`` with identical (random) weights, eval mode;
+    ``encoder="segret"``: built as SegRet's released encoder (no theta shift, no FFN conv)."""
     import timm
 
+    from segret_zoo.models.segret import SEGRET_ENCODER_ARGS
+
+    segret = encoder == "segret"
     models: Dict[str, torch.nn.Module] = {}
     if official_path:
-        official, ours = _official.official_variant(official_path, variant, seed=seed)
+        official, ours = _official.official_variant(official_path, variant, seed=seed, segret_encoder=segret)
         if "official" in impls:
             models["official"] = _official.OfficialFeatures(official).eval()
     else:
         torch.manual_seed(seed)
-        ours = timm.create_model(variant).eval()
+        ours = timm.create_model(variant, **(SEGRET_ENCODER_ARGS if segret else {})).eval()
     if "fast" in impls:
         models["fast"] = ours
     if "plain" in impls:
@@ -210,9 +225,10 @@ def _proc_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def _memory_child(impl: str, variant: str, size: Size, threads: int, official_path: Optional[str]) -> Dict[str, Any]:
+def _memory_child(impl: str, variant: str, size: Size, threads: int, official_path: Optional[str],
+                  encoder: str = "imagenet") -> Dict[str, Any]:
     torch.set_num_threads(threads)
-    fn = features_fn(impl, build_models(variant, official_path, (impl,))[impl])
+    fn = features_fn(impl, build_models(variant, official_path, (impl,), encoder=encoder)[impl])
     with torch.inference_mode():
         fn(torch.randn(1, 3, 64, 64))  # lazy initialisation (oneDNN primitives, ...)
         x = torch.randn(1, 3, *size)
@@ -229,12 +245,12 @@ def _memory_child(impl: str, variant: str, size: Size, threads: int, official_pa
     return {"growth_mb": (peak - before) / 1024, "rss_before_mb": before / 1024, "method": method}
 
 
-def measure_memory(impl: str, variant: str, size: Size, threads: int, official_path: Optional[str]
-                   ) -> Dict[str, Any]:
+def measure_memory(impl: str, variant: str, size: Size, threads: int, official_path: Optional[str],
+                   encoder: str = "imagenet") -> Dict[str, Any]:
     """Run one forward in a fresh interpreter and return its resident-set growth."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--_memory-child", impl, variant, fmt_size(size), str(threads),
-           official_path or ""]
+           official_path or "", encoder]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
@@ -242,9 +258,10 @@ def measure_memory(impl: str, variant: str, size: Size, threads: int, official_p
 
 
 @torch.no_grad()
-def check_official(variant: str, official_path: str, size: Size, seed: int = 0) -> Dict[str, Any]:
+def check_official(variant: str, official_path: str, size: Size, seed: int = 0, encoder: str = "imagenet"
+                   ) -> Dict[str, Any]:
     """Max abs error (and the outputs' max magnitude) of ours vs the official code, same weights."""
-    official, ours = _official.official_variant(official_path, variant, seed=seed)
+    official, ours = _official.official_variant(official_path, variant, seed=seed, segret_encoder=encoder == "segret")
     feats_official = _official.OfficialFeatures(official).eval()
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(seed))
     result: Dict[str, Any] = {"input": [1, 3, *size]}
@@ -267,7 +284,9 @@ def ms(entry: Optional[Dict[str, float]]) -> str:
 
 
 def print_tables(res: Dict[str, Any]) -> None:
-    print(f"\n## RMT backbones ({res['env']['threads']} threads, {res['env']['cpu']}, torch {res['env']['torch']})")
+    what = "SegRet's released encoders (no theta shift, no FFN conv)" if res["env"].get("encoder") == "segret" \
+        else "ImageNet RMT (rmt_*)"
+    print(f"\n## RMT backbones, {what} ({res['env']['threads']} threads, {res['env']['cpu']}, torch {res['env']['torch']})")
     print(f"load average before/after: {res['env']['load_before']} / {res['env']['load_after']}")
     if res["env"].get("official_note"):
         print(f"NOTE: {res['env']['official_note']}")
@@ -277,8 +296,9 @@ def print_tables(res: Dict[str, Any]) -> None:
     for v, r in res["variants"].items():
         flops = " | ".join(f"{r['gflops'][s]:.2f} / " + (f"{r['gflops_official'][s]:.2f}" if s in r["gflops_official"]
                                                           else "-") for s in res["sizes"])
-        print(f"| {v} | {r['params_backbone'] / 1e6:.2f} | {TARGET_BACKBONE_PARAMS[v] / 1e6:.2f} "
-              f"({(r['params_backbone'] / TARGET_BACKBONE_PARAMS[v] - 1) * 100:+.3f}%) | "
+        target = "-" if res["env"].get("encoder") == "segret" else (
+            f"{TARGET_BACKBONE_PARAMS[v] / 1e6:.2f} ({(r['params_backbone'] / TARGET_BACKBONE_PARAMS[v] - 1) * 100:+.3f}%)")
+        print(f"| {v} | {r['params_backbone'] / 1e6:.2f} | {target} | "
               f"{r['params_total'] / 1e6:.2f} | {flops} |")
     print("(FLOPs: torch.utils.flop_counter.FlopCounterMode; counts matmuls, convs and SDPA, not elementwise ops)")
 
@@ -331,6 +351,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--encoder", choices=ENCODERS, default="imagenet",
+                        help="imagenet: the rmt_* timm models; segret: the same variants as SegRet's released encoder")
     parser.add_argument("--sizes", nargs="+", default=["512x512", "512x1024"], help="H x W of the latency rows")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5, help="timed forwards per column")
@@ -349,12 +371,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=600.0, help="time limit per row for --clean")
     parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                         help="before each latency row wait up to S seconds for the other processes to go idle")
-    parser.add_argument("--_memory-child", nargs=5, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_memory-child", nargs=6, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args._memory_child:
-        impl, variant, size, threads, official_path = args._memory_child
-        print(json.dumps(_memory_child(impl, variant, parse_size(size), int(threads), official_path or None)))
+        impl, variant, size, threads, official_path, encoder = args._memory_child
+        print(json.dumps(_memory_child(impl, variant, parse_size(size), int(threads), official_path or None,
+                                       encoder)))
         return 0
 
     if args.quick:
@@ -369,14 +392,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "sizes": [fmt_size(s) for s in sizes], "variants": {}, "memory": [], "equivalence": {},
         "env": {"threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
                 "cpu": platform.processor() or platform.machine(), "load_before": _load(),
-                "iters": args.iters, "official": official_path,
-                "official_note": None if official_path else _official.SKIP_NOTE},
+                "iters": args.iters, "official": official_path, "encoder": args.encoder,
+                "official_note": _official.SKIP_NOTE if not official_path else (
+                    _official.SEGRET_PATCH_NOTE if args.encoder == "segret" else None)},
     }
     if not official_path:
         print(f"NOTE: {_official.SKIP_NOTE}", file=sys.stderr)
 
     for variant in args.variants:
-        models = build_models(variant, official_path, impls)
+        models = build_models(variant, official_path, impls, encoder=args.encoder)
         fns = {i: features_fn(i, m) for i, m in models.items()}
         backbone, total = count_params(models["fast"])
         entry: Dict[str, Any] = {"params_backbone": backbone, "params_total": total, "gflops": {},
@@ -396,7 +420,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 file=sys.stderr)
         res["variants"][variant] = entry
         if official_path:
-            res["equivalence"][variant] = check_official(variant, official_path, parse_size(args.check_size))
+            res["equivalence"][variant] = check_official(variant, official_path, parse_size(args.check_size),
+                                                          encoder=args.encoder)
         del models, fns
         gc.collect()
 
@@ -408,7 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for variant, size in rows:
             row: Dict[str, Any] = {"variant": variant, "size": fmt_size(size)}
             for impl in impls:
-                row[impl] = measure_memory(impl, variant, size, args.threads, official_path)
+                row[impl] = measure_memory(impl, variant, size, args.threads, official_path, args.encoder)
             res["memory"].append(row)
             print(f"memory {variant} {fmt_size(size)}: " + ", ".join(
                 f"{i} {row[i].get('growth_mb', float('nan')):.0f} MB" for i in impls), file=sys.stderr)

@@ -4,12 +4,15 @@
     python benchmarks/gpu_check.py --device cpu    # the same checks, small, as far as CPU allows
 
 1. parity of full-mode retention: flex_attention (decay as score_mod) vs SDPA with the full mask vs
-   the plain softmax(q k^T + bias) v, and the whole model's eager (flex) vs compiled forward;
+   the plain softmax(q k^T + bias) v; and (CUDA) the whole SegRet-T's eager forward (flex compiled
+   once) vs ``torch.compile`` of it (flex traced by dynamo), the two CUDA rows of retention.py's table;
 2. a few training steps in bf16 autocast and in fp16 with GradScaler: the loss must decrease;
 3. single-process DDP (NCCL on CUDA, gloo on CPU): a few steps, loss decreasing;
 4. ``Segmenter`` predict under autocast vs fp32 (label agreement);
 5. throughput vs SegFormer-B1 at 512x512 and 1024x2048, batch 8 (bf16 autocast; eager and
    ``torch.compile``).
+
+The models are SegRet as released (encoder without rotary theta shift and FFN conv), random weights.
 
 Prints one JSON line per check and a summary table; exits 1 if a check fails.
 """
@@ -65,6 +68,24 @@ def check_parity(device: torch.device, small: bool) -> None:
     errs = {n: (t.double() - plain).abs().max().item() for n, t in
             (("sdpa", sdpa), ("blocked", blocked), ("flex_eager", flex_eager), ("flex", flex))}
     report("retention parity (vs plain, float64)", max(errs.values()) < 1e-4, max_abs_err=errs)
+
+
+def check_compiled_model(device: torch.device, small: bool) -> None:
+    if device.type != "cuda":
+        report("SegRet eager vs torch.compile", True, skipped="a CUDA path (flex traced by dynamo); on CPU the "
+               "compiled graph is bench_levers.py's compile lever and tests/test_inference_export.py")
+        return
+    import timm
+    from _official import randomize_
+
+    model = timm.utils.reparameterize_model(randomize_(SegRet("rmt_t", num_classes=150), seed=0).eval()).to(device)
+    x = torch.randn(2, 3, 256, 320, generator=torch.Generator(device="cpu").manual_seed(0)).to(device)
+    with torch.inference_mode():
+        eager = model(x)
+        compiled = torch.compile(model, dynamic=False)(x)
+    err = (eager - compiled).abs().max().item()
+    scale = eager.abs().max().item()
+    report("SegRet eager vs torch.compile", err <= 1e-4 * scale, max_abs_err=err, max_abs=scale)
 
 
 def tiny_model(device: torch.device, small: bool, num_classes: int = 19) -> SegRet:
@@ -182,7 +203,8 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--skip", default="", help="comma-separated checks to skip: parity,train,ddp,predict,throughput")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated checks to skip: parity,compiled,train,ddp,predict,throughput")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -191,7 +213,8 @@ def main() -> int:
     small = device.type != "cuda"
     batch = args.batch if not small else 1
     skip = set(filter(None, args.skip.split(",")))
-    checks = {"parity": lambda: check_parity(device, small), "train": lambda: check_training(device, small),
+    checks = {"parity": lambda: check_parity(device, small), "compiled": lambda: check_compiled_model(device, small),
+              "train": lambda: check_training(device, small),
               "ddp": lambda: check_ddp(device, small), "predict": lambda: check_predict(device, small),
               "throughput": lambda: check_throughput(device, small, batch, args.iters if not small else 1)}
     for name, fn in checks.items():
@@ -201,7 +224,7 @@ def main() -> int:
             fn()
         except Exception as err:  # a failing check is reported; the others still run
             report(name, False, error=f"{type(err).__name__}: {' '.join(str(err).split())[:300]}")
-    print("\n| check | ok |\n|---|---|\n" + "\n".join(f"| {r['check']} | {'yes' if r['ok'] else 'NO'} |"
+    print("\n| check | ok |\n|---|---|\n" + "\n".join(f"| {r['check']} | {'skipped' if 'skipped' in r else 'yes' if r['ok'] else 'NO'} |"
                                                for r in RESULTS))
     return 0 if all(r["ok"] for r in RESULTS) else 1
 

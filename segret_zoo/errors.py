@@ -13,6 +13,11 @@ __all__ = [
     "DatasetLayoutError",
     "MaskValueError",
     "OptionError",
+    "OutputPathError",
+    "DiskFullError",
+    "ResumeMismatchError",
+    "FolderInUseError",
+    "MissingDependencyError",
 ]
 
 
@@ -63,3 +68,11 @@ class DiskFullError(UserError, OSError):
 
 class ResumeMismatchError(UserError, ValueError):
     """``--resume`` with settings that differ from the checkpoint's run (it would not continue that run)."""
+
+
+class FolderInUseError(UserError, RuntimeError):
+    """A folder another live process holds (a second ``train`` on the same ``--out``)."""
+
+
+class MissingDependencyError(UserError, ImportError):
+    """An optional dependency (an extra such as ``[onnx]``) that a command needs is not installed."""

@@ -35,6 +35,7 @@ from segret_zoo.hub.weights import (
 )
 from segret_zoo.models.segret import SEGRET_VARIANTS, SegRet, default_pretrained_cfg
 from segret_zoo.settings import mirrored_repo_id
+from segret_zoo.validate import check_num_classes
 
 __all__ = ["create_model", "list_models", "list_pretrained", "from_pretrained", "load_model", "load_backbone",
            "parse_model_name", "DEFAULT_TAG"]
@@ -189,6 +190,8 @@ def create_model(
     The model is returned in training mode, as timm does.
     """
     hub = dict(revision=revision, cache_dir=cache_dir, token=token)
+    if num_classes is not None:
+        num_classes = check_num_classes(num_classes)
     # a classifier of another width may only be dropped when the user asked for another class count
     new_classifier = num_classes is not None
     checkpoint: Optional[Checkpoint] = None

@@ -3,7 +3,9 @@
 A run killed while writing (OOM killer, pre-emption, Ctrl-C twice, a full disk) must never leave a
 truncated file where the last good one was. Every writer here writes to a temporary name in the
 same folder (so the rename stays on one filesystem), flushes it to disk, then ``os.replace``-s it
-over the target, which is atomic on POSIX and Windows.
+over the target, which is atomic on POSIX and Windows. A folder whose files belong together
+(``save_pretrained``: weights beside the config that builds them) is written the same way one level
+up (:func:`write_folder_atomic`): complete as a hidden sibling folder first, then swapped in.
 
 Files get the mode a plain ``open()`` would give them (0666 minus the user's umask), not the 0600
 of ``mkstemp``, so a shared group or a web server can read what a run wrote. A full disk raises
@@ -12,19 +14,24 @@ and :func:`prepare_output_dir` turns an ``--out`` that cannot be used into one c
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
 import shutil
+import socket
+import stat
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
-from segret_zoo.errors import DiskFullError, OutputPathError
+from segret_zoo.errors import DiskFullError, FolderInUseError, OutputPathError
 
-__all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "write_files_atomic", "TMP_SUFFIX",
-           "prepare_output_dir", "clean_stale_temporaries", "file_mode"]
+__all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "write_files_atomic", "write_folder_atomic",
+           "TMP_SUFFIX", "prepare_output_dir", "clean_stale_temporaries", "file_mode", "dir_mode", "FolderLock", "LOCK_NAME"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Writer = Callable[[Path], None]  # writes the complete file at the path it is given
@@ -35,12 +42,21 @@ _UMASK_LOCK = threading.Lock()
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
-def file_mode() -> int:
-    """0666 minus the process umask: the mode ``open(path, "w")`` would create a file with."""
+def _umask() -> int:
     with _UMASK_LOCK:  # reading the umask means setting it; keep other threads out meanwhile
         mask = os.umask(0o022)
         os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def file_mode() -> int:
+    """0666 minus the process umask: the mode ``open(path, "w")`` would create a file with."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """0777 minus the process umask: the mode ``mkdir`` would create a folder with."""
+    return 0o777 & ~_umask()
 
 
 def _free_bytes(folder: Path) -> Optional[int]:
@@ -64,8 +80,8 @@ def _stage(path: Path, write: Writer) -> Path:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, file_mode())
         write(tmp_path)
+        os.chmod(tmp_path, file_mode())  # after: a writer may have re-created the file (safetensors: 0600)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
     except OSError as err:
@@ -181,3 +197,241 @@ def clean_stale_temporaries(folder: PathLike) -> List[Path]:
             except OSError:
                 pass
     return removed
+
+
+# --------------------------------------------------------------------------------------------------
+# whole folders
+# --------------------------------------------------------------------------------------------------
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+_OLD_SUFFIX = ".old"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl without it
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+        return False  # an old kernel or a filesystem without exchange: the two-rename fallback
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking ``flock`` on ``fd``: True when got (nobody else holds it)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): callers fall back to age
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        return True  # a filesystem without flock: nothing to coordinate with
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether a staging folder was left by a writer that is gone: its ``flock`` is free (the kernel
+    drops it when the process dies); where there is no flock, when it is over an hour old."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if sys.platform == "win32":
+            return time.time() - path.stat().st_mtime > 3600
+        return _try_lock(fd)
+    finally:
+        os.close(fd)  # closing releases a lock taken just to test it
+
+
+def _staging_siblings(target: Path) -> List[Path]:
+    prefix = f".{target.name}."
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return []
+    return [p for p in entries if p.name.startswith(prefix) and p.name.endswith((TMP_SUFFIX, _OLD_SUFFIX))
+            and p.is_dir() and not p.is_symlink()]
+
+
+def _recover_and_clean(target: Path) -> List[Path]:
+    """Undo what a killed :func:`write_folder_atomic` left beside ``target``; returns what was removed.
+
+    A killed two-rename swap (no ``RENAME_EXCHANGE``) can leave the previous save under its ``.old``
+    name with ``target`` missing: it is renamed back. Every other abandoned staging folder (a save
+    killed before or after its swap) is deleted; one another process is still writing is left alone.
+    """
+    siblings = [p for p in _staging_siblings(target) if _abandoned(p)]
+    olds = sorted((p for p in siblings if p.name.endswith(_OLD_SUFFIX)), key=lambda p: p.stat().st_mtime)
+    if not target.exists() and olds:
+        os.rename(olds[-1], target)
+        siblings.remove(olds[-1])
+    for p in siblings:
+        shutil.rmtree(p, ignore_errors=True)
+    return siblings
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # the file is only ever replaced by rename, never rewritten: sharing it is safe
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _carry_over(source: Path, stage: Path, skip: Sequence[str]) -> None:
+    """Entries of the previous folder that this save does not write, into the new one (hard links)."""
+    for entry in source.iterdir():
+        if entry.name in skip:
+            continue
+        dst = stage / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), dst)
+        elif entry.is_dir():
+            shutil.copytree(entry, dst, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(dst))
+
+
+def _swappable(target: Path) -> bool:
+    """Whether ``target`` may be replaced as a whole: not a mount point, not this process's working
+    folder or one above it (renaming those would pull the ground from under the process)."""
+    if target.exists() and os.path.ismount(target):
+        return False
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        return True
+    return not (cwd == target or target in cwd.parents)
+
+
+def write_folder_atomic(folder: PathLike, writers: Sequence[Tuple[str, Writer]], *,
+                        remove: Sequence[str] = ()) -> Path:
+    """Write ``writers``' files into ``folder`` all-or-nothing *as a folder*: a kill at any moment
+    leaves either the previous folder or the new one, complete, under ``folder``.
+
+    How: the new folder is built as a hidden sibling (``.NAME.XXXX.tmp``), holding the new files plus
+    hard links to every other entry of the previous folder (except ``remove``), each file flushed to
+    disk; then it is swapped in with one ``renameat2(RENAME_EXCHANGE)`` (Linux), or, where that does
+    not exist, two renames that the next save undoes if killed between them. Siblings left by a
+    killed save are removed at the next save of the same folder (a ``flock`` on the staging folder
+    tells an abandoned one from a save in progress). Files get the umask's mode, the folder keeps
+    its own (or the umask's when new). A working folder or mount point cannot be swapped: there the
+    files are replaced one rename each, as :func:`write_files_atomic` does.
+    """
+    folder = Path(folder).expanduser()
+    target = folder.resolve() if folder.is_symlink() else Path(os.path.abspath(folder))
+    if target.exists() and not target.is_dir():
+        raise OutputPathError(errno.ENOTDIR, f"{folder}: cannot save a folder there, a file is in the way; "
+                                             "choose another folder or move that file")
+    names = [name for name, _ in writers]
+    if not _swappable(target):
+        written = write_files_atomic(target, writers)
+        for name in remove:
+            if name not in names:
+                (target / name).unlink(missing_ok=True)
+        return written[0].parent if written else target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _recover_and_clean(target)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent))
+    lock_fd = os.open(stage, os.O_RDONLY)
+    try:
+        _try_lock(lock_fd)  # held until this process ends or is done: tells cleaners it is in use
+        os.chmod(stage, stat.S_IMODE(target.stat().st_mode) if target.is_dir() else dir_mode())  # not mkdtemp's 0700
+        for name, write in writers:
+            path = stage / name
+            try:
+                write(path)
+                os.chmod(path, file_mode())  # whatever the writer created it with (safetensors: 0600)
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
+            except OSError as err:
+                if err.errno in _NO_SPACE and not isinstance(err, DiskFullError):
+                    raise _disk_full(target / name, err) from err
+                raise
+        if target.is_dir():
+            _carry_over(target, stage, [*names, *remove])
+        _fsync_dir(stage)
+        if not target.exists():
+            os.rename(stage, target)
+        elif _exchange(stage, target):
+            shutil.rmtree(stage, ignore_errors=True)  # now the previous folder
+        else:
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=_OLD_SUFFIX, dir=target.parent))
+            os.rmdir(old)
+            os.rename(target, old)
+            os.rename(stage, target)
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    finally:
+        os.close(lock_fd)
+    _fsync_dir(target.parent)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# one run per folder
+# --------------------------------------------------------------------------------------------------
+LOCK_NAME = ".segret-zoo.lock"
+
+
+class FolderLock:
+    """An exclusive lock on a folder for the life of one process (``fcntl.flock`` on ``LOCK_NAME``).
+
+    Why flock: the kernel drops it when the process ends, however it ends (SIGKILL, OOM killer,
+    power loss of a network client aside), so a killed run never leaves the folder locked and no
+    stale-lock guessing is needed. The lock file stays; it records who holds it, for the message
+    the next process gets. Where ``fcntl`` does not exist (Windows) the lock is a no-op.
+    """
+
+    def __init__(self, folder: PathLike, purpose: str = "a training run", option: str = "--out") -> None:
+        self.folder = Path(folder)
+        self.purpose = purpose
+        self.option = option
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        path = self.folder / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return self  # a filesystem without flock: run unlocked rather than not at all
+            who = f" ({holder})" if holder else ""
+            raise FolderInUseError(
+                f"{self.option} {self.folder} is in use by {self.purpose} still running{who}; wait for it "
+                f"to finish (or stop it), or choose another {self.option}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import segret_zoo.models.rmt as rmt_module
-from segret_zoo.models.retention import ManhattanSelfAttention, retention_positions, theta_shift
+from segret_zoo.models.retention import ManhattanSelfAttention, retention_positions, theta_shift, theta_shift_
 from segret_zoo.models.rmt import RMT
 
 
@@ -146,11 +146,16 @@ def test_gradients_match_reference(decomposed, rotary):
 
 
 def test_complex_and_real_rotary_agree():
-    """The eager complex product and the real formula (used when scripting/exporting) are the same map."""
+    """The eager complex product (in place) and the real formula (scripting, export, bf16) are the same map."""
     sin, cos, _, _ = retention_positions(5, 7, 2, 8, 2.0, 4.0, True, torch.float32, torch.device("cpu"))
     x = torch.randn(2, 5, 7, 2, 16)
-    fast = theta_shift(x, sin, cos)  # interleaved tables: complex product
-    real = theta_shift(x, sin.clone(), cos.clone())  # separate buffers: real formula
+    work = x.clone()
+    fast = theta_shift_(work, sin, cos)  # interleaved tables, eager float32: the complex product, in place
+    assert fast.data_ptr() == work.data_ptr()
+    real = theta_shift(x, sin, cos)  # the real formula, a fresh tensor
+    assert real.data_ptr() != x.data_ptr()
+    fallback = theta_shift_(x.clone(), sin.clone(), cos.clone())  # separate buffers: the real formula
+    torch.testing.assert_close(fallback, real, atol=0, rtol=0)
     torch.testing.assert_close(fast, real, atol=1e-6, rtol=1e-6)
     # and both equal x * cos + rot(x) * sin with per-channel tables
     pairs = x.unflatten(-1, (-1, 2))

@@ -45,7 +45,8 @@ def test_train_cli_user_errors(tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "data", n_val=0)
     assert main(["train", "--data", f"folder:{data}", "--recipe", "ade20k-16k", "--out", str(tmp_path / "o")]) == 2
     assert "unknown recipe" in capsys.readouterr().err
-    assert main(["train", "--data", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "o")]) == 2
+    assert main(["train", "--data", f"folder:{tmp_path / 'missing'}", "--warmup-iters", "10",
+                 "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing" in err
 
@@ -137,3 +138,29 @@ def test_train_on_cocostuff10k_records_protocol_groups_and_sources(tmp_path):
     assert pcfg["dataset"] == "cocostuff" and pcfg["dataset_name"] == "COCO-Stuff 10k (171 classes)"
     assert pcfg["reduce_zero_label"] is True and tuple(pcfg["test_scale"]) == (2048, 512)
     assert pcfg["test_size_divisor"] == 32 and pcfg["test_mode"] == "whole"
+
+
+def test_train_from_a_folded_model_folder(tmp_path, capsys):
+    """A folder saved after timm's reparameterize_model (folded decoder and encoder BatchNorms) trains:
+    autograd goes through the folded decoder (no in-place output buffer) and the loss is finite."""
+    import torch
+    from timm.utils import reparameterize_model
+
+    from segret_zoo.factory import from_pretrained
+    from segret_zoo.models.segret import SegRet
+
+    model = SegRet(backbone=TINY_BACKBONE, num_classes=3, decoder_channels=16).eval()
+    folded = reparameterize_model(model)
+    assert folded.zir_fused and folded.encoder_bn_folded
+    folded.save_pretrained(tmp_path / "folded")
+    data = make_folder_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(tmp_path / "folded"), "--data", f"folder:{data}", "--iters", "2",
+                 "--batch-size", "2", "--crop", "32", "32", "--scale", "64", "32", "--eval-interval", "2",
+                 "--warmup-iters", "0", "--out", str(out), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if r["type"] == "train")
+    trained = from_pretrained(out / "last")
+    assert trained.zir_fused  # still the folded layout, with weights that moved
+    before = folded.decoder.levels[0].proj.weight
+    assert not torch.equal(trained.decoder.levels[0].proj.weight, before)

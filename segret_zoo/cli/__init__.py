@@ -6,21 +6,22 @@ this package; errors meant for the user are :class:`segret_zoo.errors.UserError`
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence
 
 from segret_zoo.cli import convert, demo, predict, push, train
 from segret_zoo.cli import eval as eval_command
+from segret_zoo.cli.options import OneLineParser
 from segret_zoo.errors import UserError
+from segret_zoo.settings import check_environment
 from segret_zoo.version import __version__
 
 # in the order --help lists them
 COMMANDS = (demo, train, eval_command, predict, convert, push)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog="segret-zoo",
         description="SegRet model zoo: demo, train, evaluate, predict, export, convert and publish.",
     )
@@ -52,6 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_environment()
         return int(args.func(args) or 0)
     except (UserError, FileNotFoundError, ValueError) as err:
         print(f"segret-zoo {args.command}: error: {one_line(err)}", file=sys.stderr)

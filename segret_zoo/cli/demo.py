@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from segret_zoo.cli.options import float_range, int_range, positive_int
 from segret_zoo.data.synthetic import SHAPE_CLASSES, SyntheticShapes, make_image, make_split, save_samples
 from segret_zoo.devices import cpu_bf16_supported
 from segret_zoo.errors import UserError
@@ -279,10 +280,10 @@ def add_cli(subparsers: Any) -> None:
                     "reload with from_pretrained and write the overlay of a fresh scene. No download needed.")
     p.add_argument("--out", default="segret_demo", help="output folder (default: ./segret_demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run (seconds) that checks the pipeline, for tests")
-    p.add_argument("--seconds", type=float, default=None,
+    p.add_argument("--seconds", type=float_range(above=0.0), default=None,
                    help=f"safety deadline for the whole demo, which otherwise runs a fixed number of iterations "
                         f"(default {DEMO_SETTINGS['seconds']:g}, quick {QUICK_SETTINGS['seconds']:g})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated data and of training")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 or 2, whichever a short probe finds faster)")
+    p.add_argument("--seed", type=int_range(0), default=0, help="seed of the generated data and of training")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: 1 or 2, whichever a short probe finds faster)")
     p.set_defaults(func=_run)
 

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import torch
 
+from segret_zoo.cli.options import positive_int
 from segret_zoo.data.datasets import build_dataset
 from segret_zoo.devices import resolve_device
 from segret_zoo.errors import UserError
@@ -83,7 +84,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast dtype on GPU (default fp32, the reference setting)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--out", required=True, help="folder for metrics.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (opt-in)")

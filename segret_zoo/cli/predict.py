@@ -8,19 +8,20 @@ image failed. Per image it writes ``<stem>_labels.png`` (palette mode: pixel val
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from tqdm import tqdm
 
-from segret_zoo.data.images import load_image
+from segret_zoo.cli.options import float_range, num_classes, onnx_opset, positive_int, probability
+from segret_zoo.data.images import LargeImageWarning, load_image
 from segret_zoo.devices import resolve_device, resolve_dtype
 from segret_zoo.errors import ImageReadError, UserError
 from segret_zoo.factory import load_model
-from segret_zoo.files import prepare_output_dir
-from segret_zoo.inference.export import DEFAULT_OPSET, LEGACY_MAX_OPSET, export_onnx
+from segret_zoo.files import atomic_write, prepare_output_dir, write_json_atomic
+from segret_zoo.inference.export import DEFAULT_OPSET, default_opset, export_onnx, opset_problem, require_onnx
 from segret_zoo.inference.predictor import Segmenter
 from segret_zoo.inference.runtimes import RUNTIMES, load_exported
 from segret_zoo.inference.visualize import colorize, legend, overlay, palette_for, pixel_shares, shares_record
@@ -44,16 +45,51 @@ def _expand_inputs(items: Sequence[str]) -> List[Path]:
     return paths
 
 
-def _unique_stems(paths: Sequence[Path]) -> List[str]:
-    """Output name per input; same-named inputs from different folders get ``-2``, ``-3``... suffixes."""
-    seen: Dict[str, int] = {}
-    stems = []
+def _dedupe(paths: Sequence[Path]) -> Tuple[List[Path], List[Path]]:
+    """The inputs without repeats of one file (given twice, or as a file and inside a folder), and the repeats."""
+    kept, repeats, seen = [], [], set()
     for path in paths:
-        stem = path.stem or "image"
-        n = seen.get(stem, 0) + 1
-        seen[stem] = n
-        stems.append(stem if n == 1 else f"{stem}-{n}")
-    return stems
+        try:
+            key = str(path.resolve())
+        except OSError:
+            key = str(path)
+        if key in seen:
+            repeats.append(path)
+            continue
+        seen.add(key)
+        kept.append(path)
+    return kept, repeats
+
+
+def _output_names(paths: Sequence[Path]) -> List[str]:
+    """A distinct output name per input: its stem where no other input shares it (case-insensitively,
+    as some filesystems compare names), else the stem with the first free ``-2``, ``-3``... suffix.
+
+    Why not just number repeats: ``a.jpg``, ``a.png`` and ``a-2.png`` would then make two ``a-2``.
+    """
+    def key(name: str) -> str:
+        return name.casefold()
+
+    stems = [path.stem or "image" for path in paths]
+    counts: Dict[str, int] = {}
+    for stem in stems:
+        counts[key(stem)] = counts.get(key(stem), 0) + 1
+    taken = {key(stem) for stem in stems if counts[key(stem)] == 1}
+    names: List[str] = []
+    for stem in stems:
+        name = stem
+        if counts[key(stem)] > 1:
+            n = 1
+            while key(name) in taken:
+                n += 1
+                name = f"{stem}-{n}"
+        taken.add(key(name))
+        names.append(name)
+    return names
+
+
+def _save_png(image: Any, path: Path) -> None:
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 # ------------------------------------------------------------------------------ predict
@@ -69,27 +105,44 @@ def run_predict(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     prepare_output_dir(out_dir)  # one line now if it cannot be created, not a traceback later
 
+    paths, repeats = _dedupe(paths)
+    for path in repeats:
+        print(f"segret-zoo predict: note: {path} is listed more than once; segmenting it once", file=sys.stderr)
     model = _predict_model(args, dtype)
     if args.runtime != "torch":
         device, dtype = None, None  # the runtime runs on the CPU in the precision it was given
     seg = Segmenter(model, mode=args.mode, tta=args.tta, device=device, dtype=dtype, batch_size=args.batch_size,
                     compile=args.compile)
     palette = palette_for(seg.num_classes, seg.pretrained_cfg.get("dataset"))
-    stems = _unique_stems(paths)
+    stems = _output_names(paths)
+    for path, stem in zip(paths, stems):
+        if stem != (path.stem or "image"):
+            print(f"segret-zoo predict: note: {path} -> {stem}_labels.png, {stem}_overlay.png, {stem}.json "
+                  f"(another input is also named {path.stem!r})", file=sys.stderr)
     failed: List[str] = []
 
     def report(message: str) -> None:
         failed.append(message)
         tqdm.write(f"segret-zoo predict: error: {message}", file=sys.stderr)
 
+    def note(message: str) -> None:
+        tqdm.write(f"segret-zoo predict: note: {message}", file=sys.stderr)
+
     bar = tqdm(total=len(paths), unit="img", desc="predict", file=sys.stderr, disable=args.quiet or None)
     for start in range(0, len(paths), args.batch_size):
         batch = []
         for i in range(start, min(start + args.batch_size, len(paths))):
             try:
-                batch.append((i, load_image(paths[i])))
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", LargeImageWarning)
+                    batch.append((i, load_image(paths[i])))
             except ImageReadError as err:
                 report(str(err))
+            for w in caught:
+                if issubclass(w.category, LargeImageWarning):
+                    note(str(w.message))
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         # a failing batch is retried image by image: one huge image (out of memory) fails alone
         outcomes = seg.predict_each([rgb for _, rgb in batch]) if batch else []
         done_batch = []
@@ -98,15 +151,20 @@ def run_predict(args: argparse.Namespace) -> int:
                 report(f"{paths[i]}: prediction failed ({' '.join(str(outcome).split())[:200]})")
             else:
                 done_batch.append((i, rgb, outcome))
-        for i, rgb, lab in done_batch:
+        batch = []  # the images live on in done_batch only, until their overlay is drawn into them
+        while done_batch:
+            i, rgb, lab = done_batch.pop(0)
             stem = stems[i]
-            try:
-                colorize(lab, palette).save(out_dir / f"{stem}_labels.png")
-                overlay(rgb, lab, palette, alpha=args.alpha).save(out_dir / f"{stem}_overlay.png")
+            try:  # every file complete or absent: a kill never leaves a truncated PNG under its name
+                _save_png(colorize(lab, palette), out_dir / f"{stem}_labels.png")
                 record = shares_record(lab, seg.id2label, seg.num_classes, image=str(paths[i]), model=args.model)
-                (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+                write_json_atomic(out_dir / f"{stem}.json", record, indent=1)
                 if args.legend:
-                    legend(pixel_shares(lab), seg.id2label, palette).save(out_dir / f"{stem}_legend.png")
+                    _save_png(legend(pixel_shares(lab), seg.id2label, palette), out_dir / f"{stem}_legend.png")
+                overlaid = overlay(rgb, lab, palette, alpha=args.alpha, inplace=rgb.flags.writeable)
+                del rgb  # drawn over: only the overlay's pixels are left
+                _save_png(overlaid, out_dir / f"{stem}_overlay.png")
+                del overlaid
             except OSError as err:
                 report(f"{paths[i]}: cannot write outputs to {out_dir} ({err.strerror or err})")
         bar.update(min(args.batch_size, len(paths) - start))
@@ -131,12 +189,11 @@ def _predict_model(args: argparse.Namespace, dtype: Any) -> Any:
 def run_export_onnx(args: argparse.Namespace) -> int:
     """Export with dynamic batch/H/W (ZIR folded); ``--check`` validates and compares with onnxruntime."""
     if args.opset is None:
-        args.opset = DEFAULT_OPSET if args.exporter == "dynamo" else LEGACY_MAX_OPSET
-    if args.opset < 17:
-        raise UserError(f"--opset {args.opset} is too old; use 17 or newer (LayerNormalization)")
-    if args.exporter == "legacy" and args.opset > LEGACY_MAX_OPSET:
-        raise UserError(f"--exporter legacy writes opsets up to {LEGACY_MAX_OPSET}; give --opset {LEGACY_MAX_OPSET} or "
-                        "lower, or use the default dynamo exporter")
+        args.opset = default_opset(args.exporter)
+    problem = opset_problem(args.opset, args.exporter)  # the type checked the dynamo exporter's range
+    if problem:
+        raise UserError(f"--opset {args.opset} with --exporter {args.exporter}: {problem}")
+    require_onnx(args.exporter, args.check)  # before minutes of model building and tracing
     local_or_hub = Path(args.model).exists() or "/" in args.model or args.model.startswith("hf-hub:")
     tagged = "." in args.model and not local_or_hub
     model = load_model(args.model, args.checkpoint, num_classes=args.num_classes, pretrained=tagged)
@@ -190,9 +247,10 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--runtime", choices=RUNTIMES, default="torch",
                    help="torch (default), or onnxruntime / openvino to run an exported --model FILE.onnx "
                         "(segret-zoo export-onnx) with the same pre- and post-processing")
-    p.add_argument("--batch-size", type=int, default=1,
+    p.add_argument("--batch-size", type=positive_int, default=1,
                    help="images per forward pass; different sizes are padded, not resized (default 1)")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the colours (default 0.5)")
+    p.add_argument("--alpha", type=probability, default=0.5,
+                   help="opacity of the colours in the overlay, 0 (photo only) to 1 (colours only); default 0.5")
     p.add_argument("--legend", action="store_true", help="also write <stem>_legend.png of the classes present")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (opt-in: compiles on the first image of each size)")
@@ -208,15 +266,15 @@ def add_cli(subparsers: Any) -> None:
                    help="zoo name (segret_tiny: random weights unless tagged or --checkpoint), tagged name, "
                         "save_pretrained folder or Hub repo id")
     e.add_argument("--checkpoint", metavar="PATH", help="weights file or save_pretrained folder")
-    e.add_argument("--num-classes", type=int, metavar="K", help="number of classes (new head)")
-    e.add_argument("--opset", type=int, default=None,
-                   help=f"ONNX opset, >= 17 (default {DEFAULT_OPSET}: ONNX's Attention op, read by onnxruntime >= 1.23 "
-                        f"and OpenVINO >= 2026.1; give 18 for older runtimes; --exporter legacy: at most and by "
-                        f"default {LEGACY_MAX_OPSET})")
+    e.add_argument("--num-classes", type=num_classes, metavar="K", help="number of classes (new head)")
+    e.add_argument("--opset", type=onnx_opset, default=None,
+                   help=f"ONNX opset, from 17 to the newest the installed torch writes (default {DEFAULT_OPSET}, "
+                        "ONNX's Attention op, read by onnxruntime >= 1.23 and OpenVINO >= 2026.1: give 18 for older "
+                        "runtimes; --exporter legacy writes at most 20, its default)")
     e.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
                    help="torch.onnx exporter (default dynamo; legacy = deprecated TorchScript exporter, faster)")
     e.add_argument("--check", action="store_true", help="validate and compare with onnxruntime (needs onnxruntime)")
-    e.add_argument("--atol", type=float, default=1e-3, help="max abs logit difference allowed by --check")
+    e.add_argument("--atol", type=float_range(0.0), default=1e-3, help="max abs logit difference allowed by --check")
     e.add_argument("--check-shape", action="append", type=_shape, metavar="BxCxHxW",
                    help="input shape for --check (repeatable; default 1x3x256x256, 2x3x224x320, 1x3x333x250)")
     e.set_defaults(func=run_export_onnx)

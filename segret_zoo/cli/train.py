@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict
 
+from segret_zoo.cli.options import float_range, image_side, int_range, num_classes, positive_int
 from segret_zoo.errors import UserError
 from segret_zoo.train.engine import (
     NonFiniteLossError,
@@ -55,9 +56,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
         raise UserError(f"--init-from {args.init_from} not found; pass a training checkpoint or a run folder")
     if args.init_from is not None and args.resume is not None:
         raise UserError("pass either --resume (continue a run exactly) or --init-from (its weights, a new schedule)")
+    if args.data is None and args.resume is None:
+        raise UserError("--data is required to start a run (ade20k:PATH, cityscapes:PATH, cocostuff10k:PATH, "
+                        "cocostuff:PATH or folder:PATH); only --resume can take it from the run folder")
+    if args.overwrite and args.resume is not None:
+        raise UserError("pass either --resume (continue the run in --out) or --overwrite (start it over)")
     kwargs: Dict[str, Any] = dict(data=args.data, recipe=args.recipe, out_dir=args.out or "runs/x", resume=args.resume,
                                   init_from=args.init_from, progress=not args.no_progress, amp=args.amp,
-                                  grad_checkpointing=args.grad_checkpointing, check_data=args.check_data)
+                                  grad_checkpointing=args.grad_checkpointing, check_data=args.check_data,
+                                  overwrite=args.overwrite)
     options = {"model": args.model, "iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "accum_steps": args.accum,
                "eval_interval": args.eval_interval, "ckpt_interval": args.ckpt_interval,
                "num_classes": args.num_classes, "workers": args.workers, "seed": args.seed,
@@ -159,9 +166,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--model", default=None,
                    help="factory name (segret_tiny ... segret_large, optionally .ade20k), hf-hub:org/repo, or a "
                         "save_pretrained folder (default: segret_tiny; when resuming, the run's)")
-    p.add_argument("--data", required=True,
+    p.add_argument("--data", default=None,
                    help="ade20k:PATH, cityscapes:PATH, cocostuff10k:PATH, cocostuff:PATH (164k) or folder:PATH "
-                        "(a bare PATH is recognised by its layout)")
+                        "(a bare PATH is recognised by its layout); when resuming, the run's")
     p.add_argument("--recipe", default=None,
                    help="SIZE-DATASET with SIZE tiny/small/base/large and DATASET ade20k/cityscapes/cocostuff "
                         "(COCO-Stuff 10k's), or 'none'; default: the one for --model and --data")
@@ -170,55 +177,57 @@ def add_cli(subparsers: Any) -> None:
                         "optimizer's parameter groups, then exit without training")
     p.add_argument("--out", default=None,
                    help="run folder (checkpoints, metrics.jsonl, curves.png, train_config.json, best/, last/)")
-    p.add_argument("--iters", type=int, default=None, help="total iterations (the schedule's length)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (recipe's; default 1e-4)")
-    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (recipe's; default 0.01)")
-    p.add_argument("--head-lr-mult", type=float, default=None,
+    p.add_argument("--iters", type=positive_int, default=None, help="total iterations (the schedule's length)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="global batch size")
+    p.add_argument("--lr", type=float_range(above=0.0), default=None, help="peak learning rate (recipe's; default 1e-4)")
+    p.add_argument("--weight-decay", type=float_range(0.0), default=None, help="AdamW weight decay (recipe's; default 0.01)")
+    p.add_argument("--head-lr-mult", type=float_range(above=0.0), default=None,
                    help="learning-rate multiplier for the whole decoder (default 1, as the authors' configs)")
-    p.add_argument("--encoder-norm-lr-mult", type=float, default=None,
+    p.add_argument("--encoder-norm-lr-mult", type=float_range(0.0), default=None,
                    help="learning-rate multiplier for the encoder's LayerNorms and BatchNorms (recipe's: 0.1, or "
                         "1 where the config has no paramwise_cfg; default 0.1)")
-    p.add_argument("--norm-decay-mult", type=float, default=None,
+    p.add_argument("--norm-decay-mult", type=float_range(0.0), default=None,
                    help="weight-decay multiplier for every norm layer's weight and bias (recipe's: 0, or 1 where "
                         "the config has no paramwise_cfg; default 0)")
-    p.add_argument("--bias-decay-mult", type=float, default=None,
+    p.add_argument("--bias-decay-mult", type=float_range(0.0), default=None,
                    help="weight-decay multiplier for biases, layer-scale gammas and other 1-D parameters outside "
                         "norms (recipes: 1, as mmcv; default 1; 0 decays only weight matrices and kernels). "
                         "Without a recipe the groups are those of the nine configs with paramwise_cfg")
-    p.add_argument("--warmup-iters", type=int, default=None,
+    p.add_argument("--warmup-iters", type=int_range(0), default=None,
                    help="linear warm-up length, 0 for none (recipe's; default 0)")
-    p.add_argument("--warmup-ratio", type=float, default=None,
+    p.add_argument("--warmup-ratio", type=float_range(maximum=1.0, above=0.0), default=None,
                    help="warm-up's starting fraction of the learning rate (default 1e-6)")
-    p.add_argument("--poly-power", type=float, default=None, help="poly schedule power (recipe's; default 0.9)")
-    p.add_argument("--min-lr", type=float, default=None, help="learning rate at the end of the schedule (default 0)")
-    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None, help="training crop")
-    p.add_argument("--scale", type=int, nargs=2, metavar=("LONG", "SHORT"), default=None,
+    p.add_argument("--poly-power", type=float_range(0.0), default=None, help="poly schedule power (recipe's; default 0.9)")
+    p.add_argument("--min-lr", type=float_range(0.0), default=None, help="learning rate at the end of the schedule (default 0)")
+    p.add_argument("--crop", type=image_side, nargs=2, metavar=("H", "W"), default=None, help="training crop")
+    p.add_argument("--scale", type=image_side, nargs=2, metavar=("LONG", "SHORT"), default=None,
                    help="base scale of the random resize (and the exported test scale)")
-    p.add_argument("--accum", type=int, default=None, help="gradient accumulation steps")
+    p.add_argument("--accum", type=positive_int, default=None, help="gradient accumulation steps")
     p.add_argument("--amp", choices=("bf16", "fp16", "none"), default="none", help="autocast on GPU")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute encoder blocks to save memory")
     p.add_argument("--resume", default=None,
                    help="checkpoint file, run folder, or 'auto' (the last in --out): continue that run exactly "
                         "(options left out keep the run's values; changed ones are refused)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that already holds a run (its checkpoints and metrics are deleted)")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start a new schedule from the weights of a training checkpoint or run folder")
     p.add_argument("--check-data", choices=("full", "quick", "off"), default="full",
                    help="check every mask's size and labels before iteration 1 (quick: sizes of all, labels of "
                         "a sample; cached per file list)")
-    p.add_argument("--eval-interval", type=int, default=None, help="evaluate every N iterations")
-    p.add_argument("--ckpt-interval", type=int, default=None, help="checkpoint every N iterations")
-    p.add_argument("--log-interval", type=int, default=None, help="metrics.jsonl record every N iterations")
-    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds (then eval + save)")
+    p.add_argument("--eval-interval", type=positive_int, default=None, help="evaluate every N iterations")
+    p.add_argument("--ckpt-interval", type=positive_int, default=None, help="checkpoint every N iterations")
+    p.add_argument("--log-interval", type=positive_int, default=None, help="metrics.jsonl record every N iterations")
+    p.add_argument("--time-budget", type=float_range(above=0.0), default=None, help="stop after this many seconds (then eval + save)")
     p.add_argument("--pretrained-backbone", type=_bool_or_path, default=None,
                    help="'true' for ImageNet RMT weights, or a path to an RMT checkpoint")
     p.add_argument("--pretrained", default=None, help="start from a published SegRet model (tag, e.g. ade20k)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the dataset's)")
+    p.add_argument("--num-classes", type=num_classes, default=None, help="classes (default: the dataset's)")
     p.add_argument("--class-weights", default=None, help="comma-separated per-class loss weights")
     p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", default=None,
                    help="do not synchronize decoder BatchNorm across processes")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--workers", type=int_range(0), default=None, help="DataLoader worker processes")
+    p.add_argument("--seed", type=int_range(0), default=None, help="random seed (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)

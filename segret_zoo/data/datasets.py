@@ -386,8 +386,25 @@ class COCOStuff10kDataset(SegDataset):
 
 
 def read_class_names(path: Path) -> Tuple[str, ...]:
-    """Class names from a text file, one per line (blank lines skipped); ValueError if unusable."""
-    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    """Class names from a text file, one per line (line ``i`` is class id ``i - 1``); ValueError if unusable.
+
+    Read as editors write text: UTF-8 with or without a byte-order mark, LF or CRLF line ends, blank
+    lines at the end ignored. A blank line *between* names is an error naming it: skipping it would
+    shift every later class id by one, and keeping it would make a class without a name.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from None
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    blank = [i + 1 for i, line in enumerate(lines) if not line]
+    if blank:
+        shown = ", ".join(str(n) for n in blank[:_SHOW]) + (" ..." if len(blank) > _SHOW else "")
+        raise ValueError(f"{path}: line {shown} is blank; class ids are line numbers (line 1 is class 0), so "
+                         "a blank line would shift every later class: delete it, or name that class")
+    names = tuple(lines)
     if not names:
         raise ValueError(f"{path}: no class names (expected one name per line)")
     if len(names) > 255:

@@ -8,6 +8,7 @@ batch job can report it and go on.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -16,9 +17,16 @@ from PIL import Image, ImageOps
 
 from segret_zoo.errors import ImageReadError, MaskValueError
 
-__all__ = ["ImageInput", "ImageReadError", "load_image", "load_mask", "to_rgb_array"]
+__all__ = ["ImageInput", "ImageReadError", "LargeImageWarning", "load_image", "load_mask", "to_rgb_array"]
 
 ImageInput = Union[Image.Image, np.ndarray, str, "os.PathLike[str]"]
+
+
+class LargeImageWarning(UserWarning):
+    """A file above PIL's decompression-bomb threshold (but under its hard limit) that was read anyway.
+
+    It replaces PIL's ``DecompressionBombWarning`` (two lines, naming no file); ``segret-zoo predict``
+    prints it as one ``note:`` line."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,6 +76,29 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))  # L, 1, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV
 
 
+# modes whose RGB conversion is per pixel, so a strip converts exactly as the whole image would
+# ("I" and "F" are stretched by the image's own value range)
+_PER_PIXEL_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "L", "LA", "La", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV",
+                    "I;16", "I;16B", "I;16L", "I;16N")
+_STRIP_PIXELS = 1 << 22  # pixels per strip: 12-16 MiB of RGB at a time
+
+
+def _pil_to_rgb_strips(img: Image.Image) -> np.ndarray:
+    """``_pil_to_rgb`` into one writable array, a strip of rows at a time.
+
+    Why: ``np.asarray(image)`` goes through ``tobytes()`` (a read-only copy, which torch cannot
+    take, so a second, writable copy followed): three full-size copies of a 144 MP photo at once.
+    Here the only full-size arrays are PIL's own and the result.
+    """
+    w, h = img.size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    rows = max(1, _STRIP_PIXELS // max(w, 1))
+    for y in range(0, h, rows):
+        with img.crop((0, y, w, min(y + rows, h))) as strip:
+            out[y:y + rows] = _pil_to_rgb(strip)
+    return out
+
+
 def to_rgb_array(image: Union[Image.Image, np.ndarray], name: str = "<array>") -> np.ndarray:
     """Convert an in-memory PIL image or numpy array to a contiguous H×W×3 uint8 RGB array.
 
@@ -79,7 +110,7 @@ def to_rgb_array(image: Union[Image.Image, np.ndarray], name: str = "<array>") -
         if w == 0 or h == 0:
             raise ImageReadError(f"{name}: zero-size image ({w}x{h})")
         try:
-            arr = _pil_to_rgb(image)
+            arr = _pil_to_rgb_strips(image) if image.mode in _PER_PIXEL_MODES else _pil_to_rgb(image)
         except Exception as err:  # PIL raises many types for odd modes; report them all per file
             raise ImageReadError(f"{name}: cannot convert PIL mode {image.mode!r} to RGB ({_one_line(err)})") from err
     elif isinstance(image, np.ndarray):
@@ -136,8 +167,10 @@ def _open(source: Union[str, os.PathLike[str]]) -> Image.Image:
     if size == 0:
         raise ImageReadError(f"{name}: empty file (0 bytes)")
     try:
-        img = Image.open(path)
-        img.load()
+        with warnings.catch_warnings():  # PIL's bomb warning: replaced by the one-line note below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()
     except Image.UnidentifiedImageError:
         dims = _png_header_size(path)
         if dims is not None and 0 in dims:  # PIL refuses 0-sized PNGs as "unidentified"
@@ -147,6 +180,12 @@ def _open(source: Union[str, os.PathLike[str]]) -> Image.Image:
         raise ImageReadError(f"{name}: cannot decode image ({_one_line(err)})") from err
     if img.size[0] == 0 or img.size[1] == 0:
         raise ImageReadError(f"{name}: zero-size image ({img.size[0]}x{img.size[1]})")
+    pixels = img.size[0] * img.size[1]
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        warnings.warn(LargeImageWarning(
+            f"{name}: {img.size[0]}x{img.size[1]} is {pixels / 1e6:.1f} megapixels, above PIL's "
+            f"decompression-bomb threshold of {Image.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels; read anyway (images "
+            f"over twice that are refused), about {pixels * 3 / 2 ** 30:.1f} GiB as RGB"), stacklevel=3)
     return img
 
 
@@ -161,7 +200,10 @@ def load_image(source: ImageInput, exif_transpose: bool = True) -> np.ndarray:
     if isinstance(source, (str, os.PathLike)):
         with _open(source) as img:
             if exif_transpose:
-                img = ImageOps.exif_transpose(img) or img
+                try:  # in place: without it Pillow returns a full copy even when nothing is to be turned
+                    ImageOps.exif_transpose(img, in_place=True)
+                except TypeError:  # Pillow < 9.4
+                    img = ImageOps.exif_transpose(img) or img
             return to_rgb_array(img, str(source))
     if isinstance(source, Image.Image):
         return to_rgb_array(source, "<PIL image>")

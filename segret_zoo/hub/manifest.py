@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from segret_zoo.errors import OptionError
 from segret_zoo.files import write_json_atomic
 from segret_zoo.settings import is_zoo_repo
 
@@ -34,14 +35,32 @@ def default_manifest_path() -> Path:
 
 
 def load_manifest(path: Optional[PathLike] = None) -> dict[str, Any]:
-    """Read the manifest; an installed package without the `weights/` folder gets an empty one."""
+    """Read the manifest; an installed package without the `weights/` folder gets an empty one.
+
+    A manifest named explicitly (``path``, or ``SEGRET_ZOO_MANIFEST``) must be a readable manifest
+    file: a folder, a missing file or bad JSON there is one :class:`OptionError` naming it, never
+    an empty manifest (which would silently turn every digest check off).
+    """
+    from_env = path is None and bool(os.environ.get(MANIFEST_ENV))
+    named = path is not None or from_env
     path = Path(path) if path is not None else default_manifest_path()
+    where = f"{MANIFEST_ENV}={path}" if from_env else str(path)
+    fix = f"point {MANIFEST_ENV} at a manifest.json file, or unset it to use the one shipped with segret-zoo"
     if not path.is_file():
-        return {"schema_version": 1, "checkpoints": []}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+        if not named:
+            return {"schema_version": 1, "checkpoints": []}
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise OptionError(f"manifest {where} {what}; {fix}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise OptionError(f"manifest {where} is not valid JSON ({err}); fix the file or {fix}") from None
+    except OSError as err:
+        raise OptionError(f"manifest {where} cannot be read ({err.strerror or err}); {fix}") from None
     if not isinstance(data, dict) or not isinstance(data.get("checkpoints"), list):
-        raise ValueError(f"{path} is not a segret-zoo manifest (expected an object with a 'checkpoints' list)")
+        raise OptionError(f"manifest {where} is not a segret-zoo manifest (expected an object with a "
+                          f"'checkpoints' list); {fix}")
     return data
 
 

@@ -34,7 +34,7 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 
 from segret_zoo.errors import CheckpointError
-from segret_zoo.files import write_files_atomic
+from segret_zoo.files import write_files_atomic, write_folder_atomic
 from segret_zoo.hub.download import CONFIG_NAME, README_NAME, TORCH_WEIGHTS_NAME, WEIGHTS_NAME
 from segret_zoo.hub.sources import resolve_source
 from segret_zoo.hub.weights import convert_layout, load_weights, read_checkpoint, read_config
@@ -377,12 +377,11 @@ class HubMixin(
         card = self.generate_model_card(**card_kwargs)
         weights_name, write_weights = self._weights_writer(safe_serialization)
         stale = TORCH_WEIGHTS_NAME if weights_name == WEIGHTS_NAME else WEIGHTS_NAME
-        write_files_atomic(folder, [
+        write_folder_atomic(folder, [  # all or nothing as a folder; a leftover of the other format could shadow it
             (weights_name, write_weights),
             (CONFIG_NAME, _write_text(json.dumps(hub_config, indent=2, ensure_ascii=False) + "\n")),
             (README_NAME, card.save),
-        ])
-        (folder / stale).unlink(missing_ok=True)  # a leftover of the other format could shadow this save
+        ], remove=[stale])
         if push_to_hub:
             return self.push_to_hub(repo_id or folder.name, config=config, model_card_kwargs=model_card_kwargs,
                                     **push_to_hub_kwargs)
@@ -546,12 +545,12 @@ class HubMixin(
         converted = convert_layout(state_dict, layouts)[1] if layouts else state_dict
         if converted is None:
             hint = getattr(cls, "describe_checkpoint", lambda _s: None)(state_dict)
-            raise CheckpointError(f"{source} is not a SegRet checkpoint" + (f": {hint}" if hint else
+            raise CheckpointError(f"{source} is not a {cls.__name__} checkpoint" + (f": {hint}" if hint else
                                   f" (its keys match none of the layouts it reads: {', '.join(layouts)})"))
         config = cls.infer_config(converted, meta)
         if config is None:
             raise CheckpointError(
-                f"{source} has no config.json beside it and its shapes match no registered SegRet variant: "
+                f"{source} has no config.json beside it and its shapes match no registered {cls.__name__} variant: "
                 "put the config.json written by save_pretrained next to it, or build the model with "
                 "create_model(NAME, ...) and pass checkpoint_path=...")
         return config

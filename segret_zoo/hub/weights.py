@@ -15,7 +15,6 @@ import os
 import pickle
 import re
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -124,7 +123,9 @@ def load_torch_file(path: PathLike, *, map_location: Any = "cpu", allowed: Seque
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals([*safe_load_globals(), *allowed]):
+        with torch.serialization.safe_globals([*safe_load_globals(), *allowed]), warnings.catch_warnings():
+            # a damaged file makes torch warn about odd pickle protocols or storages, in lines of its own
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         refused = _refused_globals(path, err)
@@ -135,13 +136,18 @@ def load_torch_file(path: PathLike, *, map_location: Any = "cpu", allowed: Seque
                 "source, re-save only its tensors (torch.save(ckpt['model']) in the environment that wrote it)"
             ) from err
         raise _unreadable(path, err) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, ImportError) as err:
+    except OSError:
+        raise  # permissions, I/O errors: the system's own words, not "corrupted"
+    except Exception as err:
+        # whatever a damaged file makes the unpickler or the legacy loader raise (KeyError, IndexError,
+        # AssertionError, struct.error, TypeError, MemoryError, ...): the file is unreadable, not a bug
         raise _unreadable(path, err) from err
 
 
-def _unreadable(path: Path, err: Exception) -> CheckpointError:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return CheckpointError(f"{path} is not a valid PyTorch checkpoint (truncated or corrupted): "
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    text = " ".join(str(err).split())[:200]
+    reason = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupted or not a PyTorch file): "
                            f"{_redownload_hint(path)}. Reader said: {reason}")
 
 

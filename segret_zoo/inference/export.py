@@ -12,8 +12,9 @@ tables symbolic. The default opset is 23: ``scaled_dot_product_attention`` becom
 fuses further (``benchmarks/README.md``, "Deployed graphs": 0.96x / 0.92x the time of the opset-18
 graph). Opset 23 needs onnxruntime >= 1.23 or OpenVINO >= 2026.1 (both Python >= 3.10); for older
 runtimes export with ``opset=18`` (same values, attention as MatMul/Softmax ops).
-The TorchScript exporter (``exporter="legacy"``, opsets up to 20) is kept because it is much faster
-to run and also produces dynamic H/W graphs for this model, but torch has deprecated it.
+The TorchScript exporter (``exporter="legacy"``, opsets up to 20, its default then) is kept because
+it is much faster to run and also produces dynamic H/W graphs for this model, but torch has
+deprecated it.
 """
 from __future__ import annotations
 
@@ -28,13 +29,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from segret_zoo.errors import MissingDependencyError, OptionError
+from segret_zoo.files import atomic_write
 from segret_zoo.inference.fold import fold_for_inference
 from segret_zoo.inference.runtimes import METADATA_KEY, OnnxRuntimeModel
+from segret_zoo.validate import check_int
 
 __all__ = [
     "DEFAULT_CHECK_SIZES",
     "DEFAULT_OPSET",
-    "LEGACY_MAX_OPSET",
+    "MIN_OPSET",
+    "default_opset",
+    "max_opset",
+    "opset_problem",
+    "require_onnx",
     "METADATA_KEY",
     "OnnxModel",
     "check_onnx_parity",
@@ -43,11 +51,58 @@ __all__ = [
     "fused_copy",
 ]
 
+MIN_OPSET = 17  # LayerNormalization
+_ONNX_EXTRA = 'pip install -e ".[onnx]"'
+
+
+def max_opset(exporter: str = "dynamo") -> int:
+    """The newest ONNX opset the installed torch writes with ``exporter`` ("dynamo" or "legacy")."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # pragma: no cover - every supported torch has them
+        return 18
+    newest = int(getattr(_constants, "ONNX_MAX_OPSET", 18))
+    if exporter == "legacy":
+        return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", newest))
+    return newest
+
+
+def default_opset(exporter: str = "dynamo") -> int:
+    """The opset written when none is given: :data:`DEFAULT_OPSET`, or the newest ``exporter`` writes if
+    that is older (the TorchScript exporter stops at 20)."""
+    return min(DEFAULT_OPSET, max_opset(exporter))
+
+
+def opset_problem(opset: int, exporter: str = "dynamo") -> Optional[str]:
+    """What is wrong with ``opset`` for ``exporter`` (None: nothing)."""
+    newest = max_opset(exporter)
+    if MIN_OPSET <= opset <= newest:
+        return None
+    return (f"opset {opset} cannot be written: opset {MIN_OPSET} is the first with LayerNormalization and torch "
+            f"{torch.__version__}'s {exporter} exporter writes at most {newest}; choose one from {MIN_OPSET} to {newest}")
+
+
+def missing_packages(exporter: str = "dynamo", check: bool = False) -> List[str]:
+    """The packages of the ``[onnx]`` extra that this export needs and that are not installed."""
+    import importlib.util
+
+    needed = ["onnx"] + (["onnxscript"] if exporter == "dynamo" else []) + (["onnxruntime"] if check else [])
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
+def require_onnx(exporter: str = "dynamo", check: bool = False) -> None:
+    """One line naming the missing packages and the install command, instead of a ModuleNotFoundError later."""
+    missing = missing_packages(exporter, check)
+    if missing:
+        raise MissingDependencyError(f"ONNX export needs {', '.join(missing)} (the [onnx] extra), which "
+                                     f"{'is' if len(missing) == 1 else 'are'} not installed: {_ONNX_EXTRA} "
+                                     f"in the checkout (or pip install 'segret-zoo[onnx]')")
+
+
 # shapes used by the parity check: batch > 1, non-square, and sizes that are not multiples of 32
 DEFAULT_CHECK_SIZES: Tuple[Tuple[int, int, int, int], ...] = ((1, 3, 256, 256), (2, 3, 224, 320), (1, 3, 333, 250))
-# opset 23: ONNX's Attention op (what the runtimes fuse); the TorchScript exporter stops at 20
+# opset 23: ONNX's Attention op, what the runtimes fuse (default_opset: capped by what the exporter writes)
 DEFAULT_OPSET = 23
-LEGACY_MAX_OPSET = 20
 _INPUT_NAME, _OUTPUT_NAME = "pixel_values", "logits"
 # the ONNX Runtime form of an exported file, under its earlier name
 OnnxModel = OnnxRuntimeModel
@@ -93,7 +148,7 @@ def export_program(model: torch.nn.Module, sample: Optional[torch.Tensor] = None
 def export_onnx(
     model: torch.nn.Module,
     path: Union[str, os.PathLike],
-    opset: int = DEFAULT_OPSET,
+    opset: Optional[int] = None,
     sample_size: Sequence[int] = (2, 3, 128, 160),
     exporter: str = "dynamo",
     check: bool = False,
@@ -111,40 +166,48 @@ def export_onnx(
     The file's metadata holds the model's ``pretrained_cfg`` (see :mod:`segret_zoo.inference.runtimes`).
     Returns a report dict (path, opset, exporter, export_seconds, parity).
     """
-    if opset < 17:
-        raise ValueError(f"opset {opset} is too old: LayerNormalization needs opset >= 17")
     if exporter not in ("dynamo", "legacy"):
-        raise ValueError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
-    if exporter == "legacy" and opset > LEGACY_MAX_OPSET:
-        raise ValueError(f"the legacy exporter writes opsets up to {LEGACY_MAX_OPSET}, not {opset}: "
-                         f"give opset={LEGACY_MAX_OPSET} (or 18), or use the default dynamo exporter")
+        raise OptionError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
+    if opset is None:
+        opset = default_opset(exporter)
+    problem = opset_problem(check_int(opset, "opset"), exporter)
+    if problem:
+        raise OptionError(problem)
+    require_onnx(exporter, check)
     _check_sample(sample_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fused = fused_copy(model)
-    external = False
     sample = torch.randn(*sample_size, generator=torch.Generator().manual_seed(0))
+    n_bytes = sum(p.numel() * p.element_size() for p in fused.parameters())
+    external = exporter == "dynamo" and n_bytes > 1_900_000_000  # protobuf's 2 GB limit
     start = time.perf_counter()
-    with torch.no_grad():
-        if exporter == "dynamo":
-            program = torch.onnx.export(
-                fused, (sample,), dynamo=True, opset_version=opset, input_names=[_INPUT_NAME],
-                output_names=[_OUTPUT_NAME], dynamic_shapes=_dynamic_shapes(), verbose=verbose)
-            n_bytes = sum(p.numel() * p.element_size() for p in fused.parameters())
-            external = n_bytes > 1_900_000_000  # protobuf's 2 GB limit
-            program.save(str(path), external_data=external)
-        else:
-            import warnings
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the exporter's own deprecation notice and tracer warnings
-                torch.onnx.export(
-                    fused, (sample,), str(path), dynamo=False, opset_version=opset,
-                    input_names=[_INPUT_NAME], output_names=[_OUTPUT_NAME], verbose=verbose,
-                    dynamic_axes={_INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                                  _OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}})
-    if not external:  # (a >2 GB model keeps the exporter's names and no metadata)
-        _finalize(path, getattr(model, "pretrained_cfg", None))
+    def write(target: Path) -> None:
+        with torch.no_grad():
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    fused, (sample,), dynamo=True, opset_version=opset, input_names=[_INPUT_NAME],
+                    output_names=[_OUTPUT_NAME], dynamic_shapes=_dynamic_shapes(), verbose=verbose)
+                program.save(str(target), external_data=external)
+            else:
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the exporter's own deprecation notice and tracer warnings
+                    torch.onnx.export(
+                        fused, (sample,), str(target), dynamo=False, opset_version=opset,
+                        input_names=[_INPUT_NAME], output_names=[_OUTPUT_NAME], verbose=verbose,
+                        dynamic_axes={_INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                                      _OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}})
+        _check_opset(target, opset, exporter)
+        if not external:  # (a >2 GB model keeps the exporter's names and no metadata)
+            _finalize(target, getattr(model, "pretrained_cfg", None))
+
+    if external:  # its weights go to a side file named after the graph file: written in place
+        write(path)
+    else:  # complete or absent: an earlier export under this name survives a failed or killed one
+        atomic_write(path, write)
     report: Dict[str, Any] = {"path": str(path), "opset": opset, "exporter": exporter,
                               "export_seconds": round(time.perf_counter() - start, 2)}
     if check:
@@ -163,6 +226,19 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def _check_opset(path: Path, opset: int, exporter: str) -> None:
+    """The file must hold the opset asked for: the dynamo exporter falls back to its own default when
+    converting to the requested version fails, after printing the converter's traceback."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise OptionError(f"torch's {exporter} exporter wrote opset {written} instead of the {opset} asked for "
+                          f"(its version conversion failed); export with --opset {written} (opset={written}), "
+                          f"or another opset from {MIN_OPSET} to {max_opset(exporter)}")
 
 
 def _finalize(path: Path, pretrained_cfg: Optional[Dict[str, Any]]) -> None:

@@ -23,11 +23,12 @@ from segret_zoo.data.images import ImageInput, ImageReadError, load_image, to_rg
 from segret_zoo.data.transforms import align_size, rescale_size
 from segret_zoo.devices import cpu_bf16_supported, resolve_dtype
 from segret_zoo.inference.fold import fold_for_inference
-from segret_zoo.inference.postprocess import DEFAULT_TILE_BYTES, labels_from_views
+from segret_zoo.inference.postprocess import DEFAULT_TILE_BYTES, labels_from_views, vertical_weights
 
 __all__ = [
     "DEFAULT_TTA_SCALES",
     "Segmenter",
+    "resize_rows",
     "slide_windows",
 ]
 
@@ -63,6 +64,36 @@ def slide_windows(height: int, width: int, crop: Tuple[int, int],
             x2 = min(wi * w_stride + w_crop, width)
             windows.append((max(y2 - h_crop, 0), y2, max(x2 - w_crop, 0), x2))
     return windows
+
+
+# images whose float32 copy is larger than this are resized a band of rows at a time
+WHOLE_RESIZE_BYTES = 256 << 20
+
+
+def resize_rows(image: torch.Tensor, size: Tuple[int, int], band_bytes: int = 16 << 20) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of a 1×C×H×W uint8 image to ``size``, rounded to uint8 values,
+    as float32, converting only two source rows per output row at a time.
+
+    The same separable blend as the logits' upsampling (:mod:`segret_zoo.inference.postprocess`):
+    per band of output rows, a ``lerp`` of the two source rows with torch's own weights, then
+    ``interpolate`` along the width only. Values equal one full-size ``interpolate`` to float
+    rounding, so after rounding to uint8 levels a few pixels in a million may differ by one level.
+    """
+    _, channels, height, width = image.shape
+    out_h, out_w = size
+    out = torch.empty(1, channels, out_h, out_w, dtype=torch.float32, device=image.device)
+    i0, i1, _, w1 = vertical_weights(height, out_h, image.device)
+    rows = max(1, band_bytes // max(2 * channels * width * 4, 1))
+    nhwc = image.permute(0, 2, 3, 1)  # a view for the channels-last tensor of a numpy HxWxC array
+    for r0 in range(0, out_h, rows):
+        r1 = min(r0 + rows, out_h)
+        top = nhwc.index_select(1, i0[r0:r1]).float()
+        bottom = nhwc.index_select(1, i1[r0:r1]).float()
+        band = torch.lerp(top, bottom, w1[r0:r1].view(1, -1, 1, 1)).permute(0, 3, 1, 2)
+        if out_w != width:  # width only: the height mapping is the identity
+            band = F.interpolate(band, size=(r1 - r0, out_w), mode="bilinear", align_corners=False)
+        out[:, :, r0:r1] = band.round_().clamp_(0.0, 255.0)
+    return out
 
 
 def _pair(value: Any, what: str) -> Tuple[int, int]:
@@ -270,7 +301,9 @@ class Segmenter:
         """Predict already-loaded arrays (H×W×3 uint8 RGB, or anything ``to_rgb_array`` takes) as one batch."""
         self.model.eval()
         arrays = [to_rgb_array(a) for a in arrays]  # no copy for writable contiguous uint8 RGB
-        images = [torch.from_numpy(a).to(self.device).permute(2, 0, 1)[None].float() for a in arrays]
+        # uint8, channels-last views of the arrays: a float copy of a 144 MP photo alone would take 1.7 GB,
+        # so each view converts only what it resizes (see _resize)
+        images = [torch.from_numpy(a).to(self.device).permute(2, 0, 1)[None] for a in arrays]
         sizes = [tuple(a.shape[:2]) for a in arrays]
         # every view's logits at the model's resolution; the full-size scores are built a row tile
         # at a time (postprocess.labels_from_views), never whole
@@ -376,11 +409,23 @@ class Segmenter:
 
     # ---------------------------------------------------------------- internals
     def _resize(self, img: torch.Tensor, ratio: float) -> torch.Tensor:
+        """The 1×3×H×W uint8 (or float) image as float32 at the target size of ``ratio``.
+
+        Bilinear, half-pixel centres, no antialias, rounded to uint8 values: what cv2.resize
+        (INTER_LINEAR) gives mmseg's pipeline, once per step of :meth:`resize_steps`. An image whose float copy would exceed
+        ``WHOLE_RESIZE_BYTES`` is resized in bands of output rows (:func:`resize_rows`), so a
+        144-megapixel photo never exists in float32 at full size.
+        """
         h, w = img.shape[-2:]
-        for size in self.resize_steps(h, w, ratio):
-            # bilinear, half-pixel centres, no antialias, rounded to uint8 values: what cv2.resize
-            # (INTER_LINEAR) gives mmseg's pipeline, once per step
-            img = F.interpolate(img, size=size, mode="bilinear", align_corners=False).round_().clamp_(0.0, 255.0)
+        steps = self.resize_steps(h, w, ratio)
+        if not steps:
+            return img.float()
+        for size in steps:  # once per step, each from the previous step's uint8-valued image
+            if img.dtype == torch.uint8 and img.numel() * 4 > WHOLE_RESIZE_BYTES:
+                img = resize_rows(img, size)
+            else:
+                img = F.interpolate(img.float(), size=size, mode="bilinear", align_corners=False)
+                img = img.round_().clamp_(0.0, 255.0)
         return img
 
     def _normalize(self, img: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ class id, readable by any tool) and a coloured picture; the overlay and legend a
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
@@ -54,8 +55,19 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
     return img
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """RGB blend ``(1 - alpha) * image + alpha * colour(label)``; image is H×W×3 uint8 of the same size."""
+_BLEND_PIXELS = 1 << 20  # pixels blended at a time (a few MiB of float32)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
+            inplace: bool = False) -> Image.Image:
+    """RGB blend ``(1 - alpha) * image + alpha * colour(label)``; image is H×W×3 uint8 of the same size.
+
+    ``alpha`` is the colours' opacity, from 0 (the photo) to 1 (the colours alone). The blend runs a
+    band of rows at a time, so a 144-megapixel photo needs no full-size float copies; ``inplace``
+    writes it into ``image`` itself (which must be writable uint8), saving one more copy.
+    """
+    if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real) and 0.0 <= float(alpha) <= 1.0):
+        raise ValueError(f"alpha must be a number from 0 to 1 (the colours' opacity), got {alpha!r}")
     labels = _check_labels(labels)
     image = np.asarray(image)
     if image.shape[:2] != labels.shape or image.ndim != 3 or image.shape[2] != 3:
@@ -63,15 +75,28 @@ def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: f
     colours = np.asarray(palette, dtype=np.float32).reshape(-1, 3)
     if labels.size and labels.max() >= len(colours):
         raise ValueError(f"label {int(labels.max())} has no colour (palette has {len(colours)})")
-    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * colours[labels]
-    return Image.fromarray(np.clip(np.rint(blend), 0, 255).astype(np.uint8))
+    if inplace and (image.dtype != np.uint8 or not image.flags.writeable):
+        raise ValueError("overlay(inplace=True) needs a writable uint8 image")
+    out = image if inplace else np.empty(image.shape, dtype=np.uint8)
+    rows = max(1, _BLEND_PIXELS // max(labels.shape[1], 1))
+    keep, add = np.float32(1.0 - alpha), np.float32(alpha)
+    for y in range(0, labels.shape[0], rows):
+        blend = keep * image[y:y + rows].astype(np.float32)
+        blend += add * colours[labels[y:y + rows]]
+        np.clip(np.rint(blend, out=blend), 0, 255, out=blend)
+        out[y:y + rows] = blend
+    return Image.fromarray(out)
 
 
 def _class_counts(labels: np.ndarray, num_classes: Optional[int]) -> Dict[int, int]:
     """Pixel count per present class, largest first (ties by id)."""
     if labels.size == 0:
         return {}
-    counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=num_classes or 0)
+    flat = labels.reshape(-1)
+    counts = np.zeros(max(num_classes or 0, int(flat.max()) + 1), dtype=np.int64)
+    for start in range(0, flat.size, _BLEND_PIXELS):  # bincount copies to int64: a chunk at a time
+        part = np.bincount(flat[start:start + _BLEND_PIXELS], minlength=len(counts))
+        counts[:len(part)] += part
     present = np.flatnonzero(counts)
     order = present[np.argsort(-counts[present], kind="stable")]
     return {int(c): int(counts[c]) for c in order}

@@ -4,8 +4,9 @@ SDPA's CPU flash kernel takes the Manhattan decay only as a float mask: one more
 score tile, with a load from an ``N x L x L`` bias (2 GiB at stage 3 of a 1024 x 2048 frame, or
 views of a 508 MiB row-shift table). This kernel adds the decay from the 1-D tables inside its tiles
 instead, so no mask exists (``benchmarks/bench_levers.py``, ``attention``). It is built once per
-machine with ``torch.utils.cpp_extension`` (about 10 s, cached in torch's extensions folder,
-``TORCH_EXTENSIONS_DIR``), checked against SDPA on a small problem, and used by
+version of its source with ``torch.utils.cpp_extension`` (about 10 s, saying so on stderr; cached in
+torch's extensions folder, ``TORCH_EXTENSIONS_DIR``, under a name keyed by the source, the flags and
+torch's version), checked against SDPA on a small problem, and used by
 :func:`segret_zoo.models.retention.manhattan_attention` for eager CPU inference in float32, and in
 bfloat16 / float16 (autocast or a cast model), whose q, k and v it widens to float32 once per call
 (``bench_levers.py``, ``bf16``: no mask beats SDPA's reduced-precision flash kernel with one). Where it
@@ -20,17 +21,16 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..settings import CPU_KERNEL_ENV, cpu_kernel_enabled
 
-__all__ = ["manhattan_kernel", "kernel_status", "SOURCE"]
+__all__ = ["manhattan_kernel", "kernel_status", "extension_name", "SOURCE"]
 
 SOURCE = Path(__file__).with_name("csrc") / "manhattan_attention.cpp"
-_log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state: dict = {}  # "op": the loaded op or None, "reason": why not
 
@@ -83,14 +83,37 @@ def _build() -> Callable:
         quiet.setLevel(level)
 
     isa, flags = _isa_flags()
-    # the source's hash in the name: installs of different versions (or checkouts sharing torch's
-    # extensions folder) each keep their own build instead of rebuilding over one another
-    digest = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:10]
-    name = f"segret_zoo_cpu_{isa}_{digest}"
-    _log.info("building segret_zoo's CPU retention kernel (%s, once per machine, about 10 s)", name)
-    load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp", *flags], is_python_module=False,
-         verbose=False)
+    cflags = ["-O3", "-fopenmp", *flags]
+    name = extension_name(isa, cflags)
+    library = _library_path(name)
+    if library is None or not library.is_file():
+        where = f" in {library.parent}" if library is not None else ""
+        print(f"segret_zoo: building the compiled CPU retention kernel {name}{where} (once per version of its "
+              "source, about 10-60 s)", file=sys.stderr, flush=True)
+    load(name=name, sources=[str(SOURCE)], extra_cflags=cflags, is_python_module=False, verbose=False)
     return torch.ops.segret_zoo.manhattan_attention
+
+
+def extension_name(isa: str, cflags: Sequence[str], source: Optional[bytes] = None) -> str:
+    """The build's name, keyed by what it is built from: the C++ source, the flags and torch's version.
+
+    Why: torch keeps one build folder per name and rebuilds it whenever the source it is given
+    changes, so two checkouts on one machine (or a branch switch) sharing one name rebuilt each
+    other's library on every switch; keyed names live side by side, and identical sources share one.
+    """
+    digest = hashlib.sha256(SOURCE.read_bytes() if source is None else source)
+    digest.update("\0".join([*cflags, torch.__version__]).encode())
+    return f"segret_zoo_cpu_{isa}_{digest.hexdigest()[:12]}"
+
+
+def _library_path(name: str) -> Optional[Path]:
+    """Where torch's extension loader keeps the built library of ``name`` (None if it cannot tell)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+    except Exception:  # a private helper: its absence only costs the "building" note
+        return None
 
 
 def _load() -> None:

@@ -13,28 +13,41 @@ mask, so that fused kernel does the work. The position tensors are not buffers: 
 from the stage's config and the feature-map size once per forward and stage
 (:func:`retention_positions`) in the input's dtype and device, and shared by the stage's blocks.
 
-Which path runs when (the one table of it; the functions below say why each exists):
+Which path runs when (the one table of it; the functions below say why each exists). The
+rotary rows concern the ImageNet ``rmt_*`` models (and a SegRet built with
+``backbone_kwargs=dict(use_rot_pos_emb=True)``); every other row is reached by the ``segret_*``
+models and the ``rmt_*`` models alike:
 
-=====================================  =====================================================================
-situation                              path
-=====================================  =====================================================================
-rotary shift, eager, float32/64        :func:`theta_shift_`: in-place complex product (rmt_* only)
-rotary shift, anything else            the same map with real tensors (scripted, traced, exported,
-                                       compiled; bf16/fp16)
-no rotary (SegRet)                     none: q and k enter as projected
-decomposed, eager or scripted          two SDPA calls over (B, H)- then (B, W)-major views, 1-D masks
-decomposed, compiled or exported       the same over (H, B)/(W, B)-major batches (no stride guards)
-full, CUDA, eager                      ``flex_attention`` (compiled once) with the decay as ``score_mod``
-full, CUDA, inside ``torch.compile``   ``flex_attention`` traced by dynamo (no mask)
-full, CPU, eager, no autograd,         the compiled C++ kernel (:mod:`.cpu_kernel`, no mask; bf16/fp16
-float32, bf16 or fp16 (autocast or a   widened to float32 once per call); SDPA below where it is off
-cast model)                            or cannot be built
-full, CPU, eager, otherwise            :func:`blocked_manhattan_attention` (training, float64):
-                                       whole mask, row-shift table views, or row by row, by size
-full, scripted/traced/exported/        :func:`graph_manhattan_attention`: SDPA per group of heads, the
-compiled for CPU (ONNX, torch.export)  group's bias built from its 1-D tables (the form ONNX Runtime
-                                       and OpenVINO fuse; a quarter of the memory at a time)
-=====================================  =====================================================================
+=======================================  ==================================================================
+situation                                path
+=======================================  ==================================================================
+rotary shift, eager, float32/float64     :func:`theta_shift_`: the complex product, in place
+rotary shift, anything else              :func:`theta_shift`, the real formula (scripted, traced,
+                                         exported, compiled; bf16/fp16 weights or autocast)
+no rotary (``segret_*``)                 none: q and k enter as projected
+decomposed, eager, scripted, jit-traced  two SDPA calls over (B, H)- then (B, W)-major views, 1-D masks
+decomposed, compiled or exported         the same over (H, B)/(W, B)-major batches (no stride guards)
+(``torch.compile``/``export``, ONNX)
+full, CUDA, eager (torch >= 2.5)         ``flex_attention`` (compiled once) with the decay as ``score_mod``,
+                                         training and inference
+full, CUDA, inside ``torch.compile``     ``flex_attention`` traced by dynamo (no mask)
+full, CPU, eager, no autograd,           the compiled C++ kernel (:mod:`.cpu_kernel`, no mask): inference
+float32, bf16 or fp16 (weights or        (``predict``, ``eval``, ``Segmenter``), bf16/fp16 widened to
+autocast)                                float32 once per call; where it is off
+                                         (``SEGRET_ZOO_CPU_KERNEL=0``) or cannot be built, the next row
+full, eager, otherwise                   :func:`blocked_manhattan_attention`: CPU training, float64,
+                                         the kernel off; CUDA with torch < 2.5 (no flex). By the
+                                         mask's size: the whole mask (up to ``BIAS_TABLE_BYTES``),
+                                         else row-shift table views
+                                         (float32: inputs above ~1 MP for stage 3 of rmt_t, ~3 MP for
+                                         the last stage of every variant), else one query row at a
+                                         time (one table row beyond the budget: above ~10 MP, stage 3
+                                         of rmt_t)
+full, scripted / traced / exported;      :func:`graph_manhattan_attention`: one SDPA per group of heads
+compiled for CPU (or without flex)       (four groups), each group's bias built from its 1-D tables:
+                                         the form ONNX Runtime and OpenVINO fuse (ONNX's ``Attention``
+                                         op at opset 23), a quarter of the memory at a time
+=======================================  ==================================================================
 
 Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
 
@@ -42,7 +55,7 @@ Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
   SDPA, which materializes every score matrix; with 4-D it runs the fused flash kernel;
 * q/k/v are passed to SDPA as strided views of the ``B x H x W x N x d`` projections (the kernel
   takes any strides with a unit last dim), so no permute copies are made;
-* the rotary shift of a pair ``(a, b)`` is the complex product ``(a + ib)(cos + i sin)``: one
+* the rotary shift (``rmt_*``) of a pair ``(a, b)`` is the complex product ``(a + ib)(cos + i sin)``: one
   in-place kernel over q and k together in eager mode, instead of the five of
   ``x*cos + rot(x)*sin`` (whose ``rot`` is a slow stride-2 shuffle). Scripting, tracing,
   ``torch.export``/``torch.compile``/ONNX and dtypes without a complex counterpart (bf16, fp16)
@@ -193,12 +206,6 @@ def _compiling() -> bool:
 
 
 @torch.jit.unused
-def _theta_shift_complex(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    table = torch.view_as_complex(cos.as_strided(tuple(cos.shape) + (2,), tuple(cos.stride()) + (1,)))
-    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * table).flatten(-2)
-
-
-@torch.jit.unused
 def _theta_shift_complex_(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
     table = torch.view_as_complex(cos.as_strided(tuple(cos.shape) + (2,), tuple(cos.stride()) + (1,)))
     torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(table)
@@ -217,10 +224,10 @@ def theta_shift_(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch
 def theta_shift(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
     """Rotary position shift ``x * cos + rot(x) * sin``, with one ``sin``/``cos`` value per channel pair.
 
-    Per pair ``(a, b)``: ``(a cos - b sin, b cos + a sin)``, i.e. ``(a + ib)(cos + i sin)``.
+    Per pair ``(a, b)``: ``(a cos - b sin, b cos + a sin)``, i.e. ``(a + ib)(cos + i sin)``, written
+    with real tensors: the portable formula every mode and dtype takes (a fresh output; the eager
+    complex product is :func:`theta_shift_`, the one the model calls).
     """
-    if _complex_ok(x, sin, cos):
-        return _theta_shift_complex(x, sin, cos)
     pairs = x.unflatten(-1, (-1, 2))
     a, b = pairs[..., 0], pairs[..., 1]
     return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)

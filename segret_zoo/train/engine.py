@@ -52,10 +52,16 @@ from segret_zoo.data.classes import (
 from segret_zoo.data.datasets import build_dataset, parse_spec
 from segret_zoo.data.transforms import build_train_transform, seed_worker
 from segret_zoo.devices import resolve_device
-from segret_zoo.errors import CheckpointError, DatasetLayoutError, ResumeMismatchError, UserError
+from segret_zoo.errors import CheckpointError, DatasetLayoutError, OptionError, ResumeMismatchError, UserError
 from segret_zoo.evaluate import evaluate
 from segret_zoo.factory import load_model
-from segret_zoo.files import clean_stale_temporaries, prepare_output_dir, write_json_atomic, write_text_atomic
+from segret_zoo.files import (
+    FolderLock,
+    clean_stale_temporaries,
+    prepare_output_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 from segret_zoo.metrics import IoUMetric
 from segret_zoo.models.segret import default_pretrained_cfg
 from segret_zoo.train import distributed as D
@@ -80,6 +86,7 @@ from segret_zoo.train.recipes import (
     recipe_for,
     resolve_recipe_name,
 )
+from segret_zoo.validate import check_float, check_int, check_num_classes, check_size_pair
 
 __all__ = ["TrainConfig", "train", "resolve_config", "planned_param_groups", "config_dict", "NonFiniteLossError",
            "METRICS_FILE", "PLOT_FILE", "BUILTIN_DEFAULTS"]
@@ -177,13 +184,80 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------------------
-def _pair(value: Any, what: str) -> Tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    v = tuple(int(x) for x in value)
-    if len(v) != 2:
-        raise ValueError(f"{what} must be an int or (h, w), got {value!r}")
-    return v  # type: ignore[return-value]
+# the command-line spelling of each field, so one message serves both ways in
+_CLI_NAMES = {
+    "iters": "--iters", "batch_size": "--batch-size", "lr": "--lr", "head_lr_mult": "--head-lr-mult",
+    "warmup_iters": "--warmup-iters", "crop_size": "--crop", "scale": "--scale", "accum_steps": "--accum",
+    "eval_interval": "--eval-interval", "ckpt_interval": "--ckpt-interval", "log_interval": "--log-interval",
+    "time_budget_s": "--time-budget", "num_classes": "--num-classes", "workers": "--workers", "seed": "--seed",
+    "class_weights": "--class-weights", "data": "--data",
+}
+
+
+def _name(field_name: str) -> str:
+    cli = _CLI_NAMES.get(field_name)
+    return f"{field_name} ({cli})" if cli else field_name
+
+
+def _check_values(cfg: TrainConfig) -> None:
+    """Every number of a resolved config within its limits (:mod:`segret_zoo.validate`), before any work."""
+    for name in ("iters", "batch_size", "accum_steps", "eval_interval", "ckpt_interval", "log_interval"):
+        setattr(cfg, name, check_int(getattr(cfg, name), _name(name), 1))
+    cfg.workers = check_int(cfg.workers, _name("workers"), 0)
+    cfg.seed = check_int(cfg.seed, _name("seed"), 0)
+    cfg.warmup_iters = check_int(cfg.warmup_iters, _name("warmup_iters"), 0)
+    cfg.lr = check_float(cfg.lr, _name("lr"), above=0.0)
+    cfg.head_lr_mult = check_float(cfg.head_lr_mult, _name("head_lr_mult"), above=0.0,
+                                   hint="it multiplies the decoder's learning rate")
+    cfg.weight_decay = check_float(cfg.weight_decay, "weight_decay", 0.0)
+    cfg.warmup_ratio = check_float(cfg.warmup_ratio, "warmup_ratio (--warmup-ratio)", maximum=1.0, above=0.0)
+    cfg.poly_power = check_float(cfg.poly_power, "poly_power (--poly-power)", 0.0)
+    cfg.min_lr = check_float(cfg.min_lr, "min_lr (--min-lr)", 0.0)
+    for name in ("encoder_norm_lr_mult", "norm_decay_mult", "bias_decay_mult"):
+        setattr(cfg, name, check_float(getattr(cfg, name), f"{name} (--{name.replace('_', '-')})", 0.0))
+    if cfg.time_budget_s is not None:
+        cfg.time_budget_s = check_float(cfg.time_budget_s, _name("time_budget_s"), above=0.0)
+    if cfg.clip_grad is not None:
+        cfg.clip_grad = check_float(cfg.clip_grad, "clip_grad", above=0.0)
+    if cfg.stop_at is not None:
+        cfg.stop_at = check_int(cfg.stop_at, "stop_at", 1)
+    if cfg.num_classes is not None:
+        cfg.num_classes = check_num_classes(cfg.num_classes, _name("num_classes"))
+    cfg.crop_size = check_size_pair(cfg.crop_size, _name("crop_size"))
+    if cfg.scale is False:
+        cfg.scale = None  # no random resize
+    elif cfg.scale is not None:
+        cfg.scale = check_size_pair(cfg.scale, _name("scale"))
+    if cfg.class_weights is not None:
+        weights = [check_float(w, _name("class_weights") + f" value {i}", 0.0)
+                   for i, w in enumerate(cfg.class_weights)]
+        if weights and not any(weights):
+            raise OptionError(f"{_name('class_weights')} are all 0: the loss would be 0/0; give the classes "
+                              "that count a positive weight")
+        cfg.class_weights = weights
+
+
+def check_run_settings(cfg: TrainConfig) -> None:
+    """What only a complete config can be checked for: training data, and a warm-up within the schedule.
+
+    Why the warm-up: with ``warmup_iters > iters`` the learning rate never reaches the ``lr`` asked
+    for, and the run silently trains at a fraction of it.
+    """
+    if cfg.train_dataset is None and not cfg.data:
+        raise OptionError("no training data: pass --data ade20k:PATH (data='ade20k:PATH', or folder:PATH, "
+                          "...) or train_dataset=...")
+    if cfg.warmup_iters > cfg.iters:
+        src = cfg.sources or {}
+
+        def where(key: str) -> str:  # where the value came from: a recipe, a flag, the default
+            origin = src.get(key) or ""
+            return {"flag": " (given)", "default": " (the default)", "": ""}.get(origin, f" (from {origin})")
+
+        raise OptionError(
+            f"{_name('warmup_iters')} {cfg.warmup_iters}{where('warmup_iters')} is longer than {_name('iters')} "
+            f"{cfg.iters}{where('iters')}: the learning rate would never reach its peak {cfg.lr:g}; pass "
+            f"--warmup-iters {min(max(cfg.iters // 10, 1), cfg.iters)} (warmup_iters=) or any value up to "
+            f"{cfg.iters}, 0 for none, or more --iters")
 
 
 def _data_kind(data: Optional[str]) -> Optional[str]:
@@ -217,32 +291,13 @@ def _pick_recipe(cfg: TrainConfig, model: str) -> Tuple[Optional[str], str]:
     return None, f"auto: none ({why}; name one with --recipe)"
 
 
-def _check_ranges(cfg: TrainConfig) -> None:
-    src = cfg.sources
-    for name in ("iters", "batch_size", "accum_steps", "eval_interval", "ckpt_interval", "log_interval"):
-        if int(getattr(cfg, name)) <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {getattr(cfg, name)!r}")
-    if cfg.lr <= 0:
-        raise ValueError(f"lr must be positive, got {cfg.lr}")
-    for name in ("weight_decay", "warmup_iters", "min_lr", "head_lr_mult", "encoder_norm_lr_mult", "norm_decay_mult",
-                 "bias_decay_mult", "poly_power"):
-        if not getattr(cfg, name) >= 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)!r}")
-    if not 0 < cfg.warmup_ratio <= 1:
-        raise ValueError(f"warmup_ratio must be in (0, 1], got {cfg.warmup_ratio!r}")
-    if cfg.warmup_iters > cfg.iters:
-        raise ValueError(
-            f"warmup_iters {cfg.warmup_iters} ({src.get('warmup_iters')}) exceeds iters {cfg.iters} "
-            f"({src.get('iters')}): the learning rate would never reach its peak; pass a warm-up of at most "
-            f"{cfg.iters} iterations (--warmup-iters N, 0 for none)")
-
-
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill what was not given (None) from the recipe, then ``BUILTIN_DEFAULTS``; normalize and check;
     record in ``cfg.sources`` where every value came from.
 
     Why None and not the default value as "not given": a user who asks for the default explicitly
-    (``--eval-interval 1000`` with a recipe whose interval is 4000) must get it.
+    (``--eval-interval 1000`` with a recipe whose interval is 4000) must get it. A run that resumes
+    is checked as a whole (:func:`check_run_settings`) once the checkpoint's settings are merged in.
     """
     cfg = dataclasses.replace(cfg)
     sources: Dict[str, str] = {}
@@ -270,18 +325,11 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"check_data must be one of {', '.join(CHECK_MODES)}, got {cfg.check_data!r}")
     if cfg.resume and cfg.init_from:
         raise ValueError("pass either resume (continue a run exactly) or init_from (its weights, a new schedule)")
-    cfg.crop_size = _pair(cfg.crop_size, "crop_size")
-    if cfg.scale is False:
-        cfg.scale = None  # no random resize
-    elif cfg.scale is not None:
-        cfg.scale = _pair(cfg.scale, "scale")
     if cfg.amp not in _AMP:
         raise ValueError(f"amp must be one of {', '.join(_AMP)}, got {cfg.amp!r}")
-    _check_ranges(cfg)
-    if cfg.stop_at is not None and cfg.stop_at <= 0:
-        raise ValueError(f"stop_at must be positive, got {cfg.stop_at}")
-    if cfg.train_dataset is None and not cfg.data:
-        raise ValueError("no training data: pass train_dataset=... or data='ade20k:PATH' (or folder:PATH, ...)")
+    _check_values(cfg)
+    if not cfg.resume:
+        check_run_settings(cfg)
     if isinstance(cfg.resume, os.PathLike):
         cfg.resume = os.fspath(cfg.resume)
     if isinstance(cfg.init_from, os.PathLike):
@@ -608,6 +656,8 @@ def _merge_resume(raw: TrainConfig, saved: Dict[str, Any], path: Path) -> TrainC
             taken.append(name)
         elif _plain(getattr(given, name)) != _plain(saved[name]):
             differences.append(f"{name} {_plain(saved[name])} -> {_plain(getattr(given, name))}")
+    if merged.train_dataset is None and not merged.data and saved.get("data"):
+        merged.data = saved["data"]  # the run folder records its data: --resume needs no --data
     if differences:
         raise ResumeMismatchError(
             f"cannot resume {path}: it continues a run exactly, but this run changes {', '.join(differences)}; "
@@ -632,6 +682,7 @@ class _Run:
         self.last_miou = float("nan")
         self.best_dir: Optional[Path] = None
         self.last_ckpt: Optional[Path] = None
+        self._lock: Optional[FolderLock] = None
 
     # ---------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -644,9 +695,11 @@ class _Run:
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp='fp16' needs a CUDA GPU; use amp='bf16' or 'none' on the CPU")
 
+        self._on_main(self._lock_run_dir)  # before anything in it is read, renamed or cleaned
         resume_path, resume_state = self._find_resume()
         if resume_state is not None:
             self.cfg = cfg = _merge_resume(self.raw, resume_state.get("config") or {}, resume_path)
+        check_run_settings(cfg)
         self._on_main(lambda: self._prepare_run_dir(resume_path))
 
         _seed_all(cfg.seed)
@@ -786,6 +839,9 @@ class _Run:
         if resume == "auto":
             found = list_checkpoints(self.run_dir)
             if not found:
+                if self.cfg.train_dataset is None and not self.cfg.data:
+                    raise OptionError(f"--resume auto: no checkpoint in {self.run_dir} to continue, so this is a "
+                                      "new run and needs --data (data=)")
                 if self.is_main:
                     print(f"resume=auto: no checkpoint in {self.run_dir}, starting from scratch", file=sys.stderr)
                 return None, None
@@ -817,6 +873,13 @@ class _Run:
             print(f"initialised from {path} (iteration {state['iteration']}); a new schedule starts at 0",
                   file=sys.stderr)
 
+    def _lock_run_dir(self) -> None:
+        """One run per folder: a second process on the same ``--out`` (a job restarted while it still runs)
+        would interleave its metrics, checkpoints and exports with this one's. The lock dies with this
+        process, however it ends."""
+        prepare_output_dir(self.run_dir, "--out (out_dir)")
+        self._lock = FolderLock(self.run_dir, "another training run", "--out").acquire()
+
     def _prepare_run_dir(self, resume_path: Optional[Path]) -> None:
         prepare_output_dir(self.run_dir, "--out (out_dir)")
         for folder in (self.run_dir, self.run_dir / CHECKPOINT_DIR, self.run_dir / "best", self.run_dir / "last"):
@@ -824,8 +887,9 @@ class _Run:
                 print(f"removed {stale}, left by a save that was killed", file=sys.stderr)
         if resume_path is None and list_checkpoints(self.run_dir):
             if not self.cfg.overwrite:
-                raise ValueError(f"{self.run_dir} already holds a training run; pass resume='auto' (--resume auto) "
-                                 "to continue it, overwrite=True to start over, or another out_dir")
+                raise ValueError(f"{self.run_dir} already holds a training run; continue it with --resume auto "
+                                 "(resume='auto'), start it over with --overwrite (overwrite=True), or choose "
+                                 "another --out (out_dir)")
             for p in list_checkpoints(self.run_dir):
                 p.unlink()
             for name in (METRICS_FILE, PLOT_FILE):
@@ -1002,6 +1066,8 @@ class _Run:
             return self._loop(stopper, t0)
         finally:
             stopper.restore()
+            if self._lock is not None:
+                self._lock.release()
 
     def _loop(self, stopper: _SignalStop, t0: float) -> Dict[str, Any]:
         cfg = self.cfg
