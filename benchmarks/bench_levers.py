@@ -21,7 +21,7 @@ complex-product lever is ``bench_rmt.py``'s ``fast`` vs ``plain`` with ``--encod
 * ``cpu_kernel``: segret_tiny's whole forward (``--sizes``) with full-mode retention in
   the compiled CPU kernel (``segret_zoo/models/csrc``) against SDPA with a mask or row-shift table;
 * ``bf16``: full-mode retention in bfloat16 (autocast or a bf16 model) at stage 3 of rmt_t for
-  512x512 and 1024x2048 inputs: the compiled kernel (q, k, v widened to float32 once, no mask)
+  ``--sizes`` inputs: the compiled kernel (q, k, v widened to float32 once, no mask)
   against SDPA's bf16 flash kernel with the mask or row-shift table (the path bf16 took before),
   and float32 in the kernel for scale; then segret_tiny's whole forward under bf16 autocast with
   each. On CPUs with native bf16 matmul (AMX) SDPA's products run in bf16, so this is the lever to
@@ -253,9 +253,10 @@ def lever_bf16(iters: int) -> None:
                 "kernel, bf16 widened to float32": lambda: op(qb, kb, vb, bhb[0], bwb[0], 0.17),
                 "kernel, float32": lambda: op(q, k, v, bias_h[0], bias_w[0], 0.17)}
 
-    for height, width in ((32, 32), (64, 128)):  # stage 3 at 512x512 and at 1024x2048
+    for size in _whole_model_sizes():  # stage 3 (stride 16) of each input size
+        height, width = -(-size[0] // 16), -(-size[1] // 16)
         n = iters if height * width <= 1024 else max(2, iters // 2)
-        report(f"stage-3 attention at {height * 16}x{width * 16}, bf16", interleaved(variants(height, width), n))
+        report(f"stage-3 attention at {size[0]}x{size[1]}, bf16", interleaved(variants(height, width), n))
     model = build_column("segret_tiny", None, 150)
     previous = os.environ.get("SEGRET_ZOO_CPU_KERNEL")
 
