@@ -20,6 +20,12 @@ complex-product lever is ``bench_rmt.py``'s ``fast`` vs ``plain`` with ``--encod
   tiles, no mask) and no mask at all (the floor);
 * ``cpu_kernel``: segret_tiny's whole forward (``--sizes``) with full-mode retention in
   the compiled CPU kernel (``segret_zoo/models/csrc``) against SDPA with a mask or row-shift table;
+* ``bf16``: full-mode retention in bfloat16 (autocast or a bf16 model) at stage 3 of rmt_t for
+  ``--sizes`` inputs: the compiled kernel (q, k, v widened to float32 once, no mask)
+  against SDPA's bf16 flash kernel with the mask or row-shift table (the path bf16 took before),
+  and float32 in the kernel for scale; then segret_tiny's whole forward under bf16 autocast with
+  each. On CPUs with native bf16 matmul (AMX) SDPA's products run in bf16, so this is the lever to
+  run there before changing the default;
 * ``inplace``: the same forward with residual sums and GELUs written into their branch's fresh
   output against fresh tensors for each (identical values, checked); in SegRet's encoder that is
   the blocks' three residuals, the FFN's GELU and the stem's GELUs (the FFN conv's residual exists
@@ -55,7 +61,7 @@ from segret_zoo.models import retention as R  # noqa: E402
 from segret_zoo.models import rmt as RMT  # noqa: E402
 from segret_zoo.models.cpu_kernel import kernel_status, manhattan_kernel  # noqa: E402
 
-LEVERS = ("queries", "attention", "kernel", "cpu_kernel", "inplace", "upsample", "faults", "compile")
+LEVERS = ("queries", "attention", "kernel", "cpu_kernel", "bf16", "inplace", "upsample", "faults", "compile")
 
 
 def interleaved(fns: Dict[str, Callable[[], object]], iters: int) -> Dict[str, float]:
@@ -219,6 +225,54 @@ def lever_cpu_kernel(iters: int) -> None:
             n = iters if size[0] * size[1] <= 512 * 1024 else max(2, iters // 2)
             report(f"segret_tiny at {size[0]}x{size[1]}, full-mode retention", interleaved({
                 "SDPA with a mask / row-shift table": run(x, False), "compiled CPU kernel": run(x, True)}, n))
+    finally:
+        if previous is None:
+            os.environ.pop("SEGRET_ZOO_CPU_KERNEL", None)
+        else:
+            os.environ["SEGRET_ZOO_CPU_KERNEL"] = previous
+
+
+def lever_bf16(iters: int) -> None:
+    """bf16 full-mode retention: the compiled kernel (widened to float32, no mask) vs SDPA's bf16 kernel
+    with the mask / row-shift table; then the whole segret_tiny forward under bf16 autocast."""
+    import os
+
+    from bench_segret import build_column
+
+    op = manhattan_kernel()
+    if op is None:
+        print(f"\n(bf16 lever skipped: the kernel is {kernel_status()})")
+        return
+    bf16 = torch.bfloat16
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    print(f"\nnative bf16 matmul on this CPU (oneDNN): {native}")
+    def variants(height: int, width: int) -> Dict[str, Callable[[], object]]:
+        q, k, v, bias_h, bias_w = stage3_inputs(height, width)
+        qb, kb, vb, bhb, bwb = (t.to(bf16) for t in (q, k, v, bias_h, bias_w))
+        return {"SDPA bf16 with mask / row-shift table": lambda: R.blocked_manhattan_attention(qb, kb, vb, bhb, bwb, 0.17),
+                "kernel, bf16 widened to float32": lambda: op(qb, kb, vb, bhb[0], bwb[0], 0.17),
+                "kernel, float32": lambda: op(q, k, v, bias_h[0], bias_w[0], 0.17)}
+
+    for size in _whole_model_sizes():  # stage 3 (stride 16) of each input size
+        height, width = -(-size[0] // 16), -(-size[1] // 16)
+        n = iters if height * width <= 1024 else max(2, iters // 2)
+        report(f"stage-3 attention at {size[0]}x{size[1]}, bf16", interleaved(variants(height, width), n))
+    model = build_column("segret_tiny", None, 150)
+    previous = os.environ.get("SEGRET_ZOO_CPU_KERNEL")
+
+    def run(x: torch.Tensor, on: bool) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            os.environ["SEGRET_ZOO_CPU_KERNEL"] = "1" if on else "0"
+            with torch.autocast("cpu", dtype=bf16):
+                return model(x)
+        return call
+
+    try:
+        for size in _whole_model_sizes():
+            x = torch.randn(1, 3, *size)
+            n = iters if size[0] * size[1] <= 512 * 1024 else max(2, iters // 2)
+            report(f"segret_tiny at {size[0]}x{size[1]}, bf16 autocast, full-mode retention", interleaved({
+                "SDPA bf16 with a mask / row-shift table": run(x, False), "compiled CPU kernel": run(x, True)}, n))
     finally:
         if previous is None:
             os.environ.pop("SEGRET_ZOO_CPU_KERNEL", None)

@@ -37,6 +37,8 @@ if [ "$QUICK" = 1 ]; then
     step levers_quick python benchmarks/bench_levers.py --threads "$THREADS" --iters 1 --sizes 128x128 \
         --only queries,kernel,cpu_kernel,inplace,upsample,faults
     step predict_memory_quick python benchmarks/bench_predict_memory.py --threads "$THREADS" --megapixels 0.3 --compare
+    step deploy_quick python benchmarks/bench_deploy.py --threads "$THREADS" --sizes 64x96 --iters 1 --no-memory \
+        --work "$OUT/deploy_files" --json "$OUT/deploy_quick.json"
     echo "smoke run done: $OUT"
     exit 0
 fi
@@ -58,7 +60,7 @@ step segret_run5 python benchmarks/bench_segret.py --threads "$THREADS" --cases 
 step predict python benchmarks/bench_predict.py --model segret_tiny --threads "$THREADS" --iters 10 --no-onnx \
     --json "$OUT/predict.json"
 # 7. the levers, one process each [~7 in all; compile ~2]
-for lever in queries attention kernel cpu_kernel inplace upsample faults compile; do
+for lever in queries attention kernel cpu_kernel bf16 inplace upsample faults compile; do
     step "lever_$lever" python benchmarks/bench_levers.py --threads "$THREADS" --iters 5 --only "$lever"
 done
 # 7b. the allocator-settings row: the faults lever (time per forward of both models) under each setting [~1]
@@ -69,4 +71,11 @@ step lever_faults_malloc env MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRES
 # 8. peak RSS of predict on large photos [~1]
 step predict_memory_12mp python benchmarks/bench_predict_memory.py --threads "$THREADS" --megapixels 12
 step predict_memory_3mp python benchmarks/bench_predict_memory.py --threads "$THREADS" --megapixels 3 --compare
+# 9. the deployment runtimes (issue 17): both models exported once into OUT/deploy_files (~2 min),
+# every runtime at 512x512; at 1024x2048 the fp32 ones (PyTorch bf16 on a CPU without native bf16
+# is emulated: B1 alone takes minutes per forward there) [~10, ~12]
+step deploy_512 python benchmarks/bench_deploy.py --threads "$THREADS" --sizes 512x512 --iters 5 \
+    --work "$OUT/deploy_files" --json "$OUT/deploy_512.json"
+step deploy_1024 python benchmarks/bench_deploy.py --threads "$THREADS" --sizes 1024x2048 \
+    --runtimes torch,onnxruntime,openvino --iters 3 --work "$OUT/deploy_files" --json "$OUT/deploy_1024.json"
 echo "all tables re-measured: $OUT"

@@ -7,7 +7,7 @@ import torch
 
 from segret_zoo.errors import OptionError
 
-__all__ = ["resolve_device", "resolve_dtype", "AMP_DTYPES"]
+__all__ = ["resolve_device", "resolve_dtype", "cpu_bf16_supported", "AMP_DTYPES"]
 
 # names accepted for an autocast dtype; None means full precision
 AMP_DTYPES = {
@@ -28,6 +28,16 @@ def resolve_device(name: Union[None, str, torch.device] = "auto") -> torch.devic
     if device.type == "cuda" and not torch.cuda.is_available():
         raise OptionError(f"device {str(name)!r} was asked for but no CUDA GPU is visible; use cpu")
     return device
+
+
+def cpu_bf16_supported() -> bool:
+    """Native bf16 matrix units on this CPU (AVX512-BF16 / AMX), as oneDNN sees them. Without them bf16
+    convolutions and matmuls are emulated: on an AVX2 CPU segret_tiny's bf16 forward took 6.9x its
+    float32 time (``benchmarks/README.md``, "Deployed graphs")."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resolve_dtype(name: Union[None, str, torch.dtype], device: torch.device) -> Optional[torch.dtype]:

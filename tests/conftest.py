@@ -72,3 +72,16 @@ def tiny_segret():
 
     torch.manual_seed(0)
     return SegRet(backbone=TINY_BACKBONE, num_classes=5, decoder_channels=32)
+
+
+@pytest.fixture(scope="session")
+def full_demo(tmp_path_factory) -> Path:
+    """The folder of one `segret-zoo demo` run as README's first command starts it (defaults): a
+    SegRet-T trained on the demo's scenes, saved under ``summary.json``'s ``paths.model_dir``, with the
+    fresh scene it predicted. Run once per session: tests/test_demo.py checks its outcome and
+    tests/test_deploy.py deploys its model."""
+    from segret_zoo.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--out", str(out)]) == 0
+    return out

@@ -1,5 +1,6 @@
 """The compiled CPU kernel of full-mode retention (segret_zoo/models/cpu_kernel.py): same values as the
-plain formulation, used for float32 CPU inference only, and a clean fall back to SDPA where it cannot be built."""
+plain formulation, used for CPU inference in float32, bfloat16 and float16 (autocast or a cast model),
+and a clean fall back to SDPA where it cannot be built."""
 from __future__ import annotations
 
 import os
@@ -93,6 +94,50 @@ def test_model_inference_uses_the_kernel_with_the_values_of_sdpa(kernel, monkeyp
     model.train()(x[:1]).sum().backward()
     assert len(calls) == 3
     assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_is_computed_in_float32_and_returned_in_its_dtype(kernel, dtype):
+    bias_h, bias_w = tables(5, 12, 3, 16)
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 60, 3, 16, generator=gen).transpose(1, 2).to(dtype) for _ in range(3))
+    args = (q, k, v, bias_h[0].to(dtype), bias_w[0].to(dtype))
+    out = kernel(*args, 0.25)
+    assert out.dtype == dtype and out.shape == q.shape
+    # the float32 computation on the rounded inputs, rounded once at the end: bit for bit
+    assert torch.equal(out, kernel(*(t.float() for t in args), 0.25).to(dtype))
+    # and within the dtype's rounding of the exact float32 answer
+    exact = kernel(q.float(), k.float(), v.float(), bias_h[0], bias_w[0], 0.25)
+    torch.testing.assert_close(out.float(), exact, atol=2e-2 if dtype == torch.bfloat16 else 2e-3, rtol=0)
+
+
+@needs_compiler
+@pytest.mark.parametrize("how", ["autocast", "bf16 model"])
+def test_bfloat16_inference_uses_the_kernel(kernel, monkeypatch, how):
+    """bf16 (autocast, or the model cast to bf16) takes the kernel like float32, with the logits of
+    SDPA's bf16 path to bf16 rounding."""
+    torch.manual_seed(0)
+    model = SegRet(backbone=FULL_MODE_NET, num_classes=3, decoder_channels=16).eval()
+    x = torch.randn(1, 3, 96, 160)
+    if how == "bf16 model":
+        model, x = model.bfloat16(), x.bfloat16()
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=how == "autocast"):
+            return model(x).float()
+
+    calls = []
+    monkeypatch.setattr(R, "manhattan_kernel", lambda: (lambda *a: calls.append(a[0].dtype) or kernel(*a)))
+    fast = run()
+    assert calls == [torch.bfloat16] * 3  # two blocks of stage 3, one of stage 4, all in bf16
+    monkeypatch.setenv("SEGRET_ZOO_CPU_KERNEL", "0")
+    monkeypatch.setattr(R, "manhattan_kernel", cpu_kernel.manhattan_kernel)
+    sdpa = run()
+    assert fast.dtype == sdpa.dtype == torch.float32
+    # logits of about 0.25: both bf16 paths agree to bf16 rounding (they differ from float32 by ~1e-3)
+    assert fast.abs().max() > 0.1
+    torch.testing.assert_close(fast, sdpa, atol=5e-3, rtol=0)
 
 
 def test_switched_off_by_the_environment(monkeypatch):

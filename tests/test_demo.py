@@ -68,15 +68,7 @@ def test_dataset_yields_normalized_tensors_and_flips_keep_alignment(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the demo
-@pytest.fixture(scope="module")
-def full_demo(tmp_path_factory):
-    """The demo as README's first command runs it (`segret-zoo demo`, defaults), once for this module:
-    every test below reads what that one run wrote."""
-    from segret_zoo.cli import main
-
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out)]) == 0
-    return out
+# (the full_demo fixture is in conftest.py: tests/test_deploy.py deploys its model too)
 
 
 def _summary(out):

@@ -56,6 +56,7 @@ from PIL import Image
 
 from segret_zoo.cli.options import float_range, int_range, positive_int
 from segret_zoo.data.synthetic import SHAPE_CLASSES, SyntheticShapes, make_image, make_split, save_samples
+from segret_zoo.devices import cpu_bf16_supported
 from segret_zoo.errors import UserError
 from segret_zoo.factory import create_model, from_pretrained
 from segret_zoo.files import prepare_output_dir
@@ -83,15 +84,6 @@ QUICK_SETTINGS: Dict[str, Any] = dict(
     seconds=120.0, iters=12, size=48, n_train=96, n_val=24, batch_size=8, lr=2e-3, weight_decay=0.01,
     warmup_iters=3, poly_power=1.0, reserve_s=8.0, scene=dict(max_shapes=2, radius=(0.22, 0.40), rotation=0.0),
 )
-
-
-def cpu_bf16_supported() -> bool:
-    """Native bf16 matrix units (AVX512-BF16 / AMX): there bf16 autocast roughly doubles training speed;
-    elsewhere it is emulated and slower than float32, so the demo stays in float32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def class_weights(masks: np.ndarray, num_classes: int) -> List[float]:

@@ -21,8 +21,9 @@ from segret_zoo.devices import resolve_device, resolve_dtype
 from segret_zoo.errors import ImageReadError, UserError
 from segret_zoo.factory import load_model
 from segret_zoo.files import atomic_write, prepare_output_dir, write_json_atomic
-from segret_zoo.inference.export import export_onnx, opset_problem, require_onnx
+from segret_zoo.inference.export import DEFAULT_OPSET, default_opset, export_onnx, opset_problem, require_onnx
 from segret_zoo.inference.predictor import Segmenter
+from segret_zoo.inference.runtimes import RUNTIMES, load_exported
 from segret_zoo.inference.visualize import colorize, legend, overlay, palette_for, pixel_shares, shares_record
 
 __all__ = ["add_cli", "run_predict", "run_export_onnx"]
@@ -107,7 +108,9 @@ def run_predict(args: argparse.Namespace) -> int:
     paths, repeats = _dedupe(paths)
     for path in repeats:
         print(f"segret-zoo predict: note: {path} is listed more than once; segmenting it once", file=sys.stderr)
-    model = load_model(args.model, args.checkpoint)
+    model = _predict_model(args, dtype)
+    if args.runtime != "torch":
+        device, dtype = None, None  # the runtime runs on the CPU in the precision it was given
     seg = Segmenter(model, mode=args.mode, tta=args.tta, device=device, dtype=dtype, batch_size=args.batch_size,
                     compile=args.compile)
     palette = palette_for(seg.num_classes, seg.pretrained_cfg.get("dataset"))
@@ -172,9 +175,21 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _predict_model(args: argparse.Namespace, dtype: Any) -> Any:
+    """The PyTorch model (``--runtime torch``), or the exported file in ONNX Runtime / OpenVINO."""
+    if args.runtime == "torch":
+        return load_model(args.model, args.checkpoint)
+    if args.checkpoint or args.compile or args.device not in ("auto", "cpu"):
+        raise UserError(f"--runtime {args.runtime} runs an exported .onnx file on the CPU: give it as --model "
+                        "(no --checkpoint, --compile or --device)")
+    return load_exported(args.model, args.runtime, precision=None if args.dtype == "auto" else dtype)
+
+
 # ------------------------------------------------------------------------------ export-onnx
 def run_export_onnx(args: argparse.Namespace) -> int:
     """Export with dynamic batch/H/W (ZIR folded); ``--check`` validates and compares with onnxruntime."""
+    if args.opset is None:
+        args.opset = default_opset(args.exporter)
     problem = opset_problem(args.opset, args.exporter)  # the type checked the dynamo exporter's range
     if problem:
         raise UserError(f"--opset {args.opset} with --exporter {args.exporter}: {problem}")
@@ -219,7 +234,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, or folders of images")
     p.add_argument("--model", required=True,
                    help="zoo name with optional tag (segret_tiny, segret_tiny.ade20k), a save_pretrained "
-                        "folder, or a Hub repo id")
+                        "folder, or a Hub repo id; with --runtime onnxruntime/openvino an exported .onnx file")
     p.add_argument("--checkpoint", metavar="PATH", help="weights file or save_pretrained folder for --model")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--mode", choices=("auto", "whole", "slide"), default="auto",
@@ -227,7 +242,11 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--tta", action="store_true", help="multi-scale (0.5-1.75) + flip test-time augmentation")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="autocast dtype (default: bf16/fp16 on GPU, fp32 on CPU)")
+                   help="autocast dtype (default: bf16/fp16 on GPU, fp32 on CPU); with --runtime openvino its "
+                        "inference precision")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="torch (default), or onnxruntime / openvino to run an exported --model FILE.onnx "
+                        "(segret-zoo export-onnx) with the same pre- and post-processing")
     p.add_argument("--batch-size", type=positive_int, default=1,
                    help="images per forward pass; different sizes are padded, not resized (default 1)")
     p.add_argument("--alpha", type=probability, default=0.5,
@@ -248,8 +267,10 @@ def add_cli(subparsers: Any) -> None:
                         "save_pretrained folder or Hub repo id")
     e.add_argument("--checkpoint", metavar="PATH", help="weights file or save_pretrained folder")
     e.add_argument("--num-classes", type=num_classes, metavar="K", help="number of classes (new head)")
-    e.add_argument("--opset", type=onnx_opset, default=18,
-                   help="ONNX opset, from 17 to the newest the installed torch writes (default 18)")
+    e.add_argument("--opset", type=onnx_opset, default=None,
+                   help=f"ONNX opset, from 17 to the newest the installed torch writes (default {DEFAULT_OPSET}, "
+                        "ONNX's Attention op, read by onnxruntime >= 1.23 and OpenVINO >= 2026.1: give 18 for older "
+                        "runtimes; --exporter legacy writes at most 20, its default)")
     e.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
                    help="torch.onnx exporter (default dynamo; legacy = deprecated TorchScript exporter, faster)")
     e.add_argument("--check", action="store_true", help="validate and compare with onnxruntime (needs onnxruntime)")

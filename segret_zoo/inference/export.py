@@ -7,9 +7,14 @@ accepts any input size, and so does the exported graph.
 
 The default ONNX exporter is torch's dynamo-based one (``torch.onnx.export(..., dynamo=True)``): it
 traces through ``torch.export`` and keeps the height/width arithmetic of the retention position
-tables symbolic, and the float additive mask of ``scaled_dot_product_attention`` maps onto ONNX ops.
-The TorchScript exporter (``exporter="legacy"``) is kept because it is much faster to run and also
-produces dynamic H/W graphs for this model, but torch has deprecated it.
+tables symbolic. The default opset is 23: ``scaled_dot_product_attention`` becomes ONNX's
+``Attention`` op and GELU its ``Gelu`` op, which ONNX Runtime runs as fused kernels and OpenVINO
+fuses further (``benchmarks/README.md``, "Deployed graphs": 0.96x / 0.92x the time of the opset-18
+graph). Opset 23 needs onnxruntime >= 1.23 or OpenVINO >= 2026.1 (both Python >= 3.10); for older
+runtimes export with ``opset=18`` (same values, attention as MatMul/Softmax ops).
+The TorchScript exporter (``exporter="legacy"``, opsets up to 20, its default then) is kept because
+it is much faster to run and also produces dynamic H/W graphs for this model, but torch has
+deprecated it.
 """
 from __future__ import annotations
 
@@ -27,11 +32,14 @@ import torch
 from segret_zoo.errors import MissingDependencyError, OptionError
 from segret_zoo.files import atomic_write
 from segret_zoo.inference.fold import fold_for_inference
+from segret_zoo.inference.runtimes import METADATA_KEY, OnnxRuntimeModel
 from segret_zoo.validate import check_int
 
 __all__ = [
     "DEFAULT_CHECK_SIZES",
+    "DEFAULT_OPSET",
     "MIN_OPSET",
+    "default_opset",
     "max_opset",
     "opset_problem",
     "require_onnx",
@@ -57,6 +65,12 @@ def max_opset(exporter: str = "dynamo") -> int:
     if exporter == "legacy":
         return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", newest))
     return newest
+
+
+def default_opset(exporter: str = "dynamo") -> int:
+    """The opset written when none is given: :data:`DEFAULT_OPSET`, or the newest ``exporter`` writes if
+    that is older (the TorchScript exporter stops at 20)."""
+    return min(DEFAULT_OPSET, max_opset(exporter))
 
 
 def opset_problem(opset: int, exporter: str = "dynamo") -> Optional[str]:
@@ -87,8 +101,11 @@ def require_onnx(exporter: str = "dynamo", check: bool = False) -> None:
 
 # shapes used by the parity check: batch > 1, non-square, and sizes that are not multiples of 32
 DEFAULT_CHECK_SIZES: Tuple[Tuple[int, int, int, int], ...] = ((1, 3, 256, 256), (2, 3, 224, 320), (1, 3, 333, 250))
+# opset 23: ONNX's Attention op, what the runtimes fuse (default_opset: capped by what the exporter writes)
+DEFAULT_OPSET = 23
 _INPUT_NAME, _OUTPUT_NAME = "pixel_values", "logits"
-METADATA_KEY = "segret_zoo.pretrained_cfg"
+# the ONNX Runtime form of an exported file, under its earlier name
+OnnxModel = OnnxRuntimeModel
 
 
 def fused_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -131,7 +148,7 @@ def export_program(model: torch.nn.Module, sample: Optional[torch.Tensor] = None
 def export_onnx(
     model: torch.nn.Module,
     path: Union[str, os.PathLike],
-    opset: int = 18,
+    opset: Optional[int] = None,
     sample_size: Sequence[int] = (2, 3, 128, 160),
     exporter: str = "dynamo",
     check: bool = False,
@@ -146,11 +163,13 @@ def export_onnx(
     (unfused) PyTorch model in onnxruntime on ``check_sizes`` (default ``DEFAULT_CHECK_SIZES``); a max
     abs logit difference above ``atol`` raises ``AssertionError``. ``sample_size`` is only the tracing
     input (batch >= 2, H != W, so no dim is specialized); the graph takes any size, 1×1 included.
-    The file's metadata holds the model's ``pretrained_cfg`` (see :class:`OnnxModel`).
+    The file's metadata holds the model's ``pretrained_cfg`` (see :mod:`segret_zoo.inference.runtimes`).
     Returns a report dict (path, opset, exporter, export_seconds, parity).
     """
     if exporter not in ("dynamo", "legacy"):
         raise OptionError(f"exporter must be 'dynamo' or 'legacy', got {exporter!r}")
+    if opset is None:
+        opset = default_opset(exporter)
     problem = opset_problem(check_int(opset, "opset"), exporter)
     if problem:
         raise OptionError(problem)
@@ -228,7 +247,7 @@ def _finalize(path: Path, pretrained_cfg: Optional[Dict[str, Any]]) -> None:
     The exporter calls the input's batch/height/width ``s77``-like symbols; they are renamed
     everywhere they occur so tools show ``pixel_values[batch, 3, height, width]``. The model's
     ``pretrained_cfg`` (mean/std, test scale, crop, labels) goes into the metadata under
-    ``segret_zoo.pretrained_cfg`` (JSON), so :class:`OnnxModel` can run the file without PyTorch weights.
+    ``segret_zoo.pretrained_cfg`` (JSON), so an exported file runs in any runtime (:mod:`segret_zoo.inference.runtimes`) without PyTorch weights.
     """
     import onnx
 
@@ -246,35 +265,6 @@ def _finalize(path: Path, pretrained_cfg: Optional[Dict[str, Any]]) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(_jsonable(pretrained_cfg))
     onnx.save(proto, str(path))
-
-
-class OnnxModel(torch.nn.Module):
-    """An exported ONNX file behind the interface :class:`~segret_zoo.inference.Segmenter` uses
-    (normalized B×3×H×W -> B×K×H×W logits, ``pretrained_cfg``, ``num_classes``, ``id2label``), run by
-    onnxruntime, so deployments are checked with the very same pre- and post-processing."""
-
-    def __init__(self, path: Union[str, os.PathLike], threads: Optional[int] = None,
-                 providers: Optional[Sequence[str]] = None,
-                 pretrained_cfg: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
-        self.input_name = self.session.get_inputs()[0].name
-        stored = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        cfg = dict(json.loads(stored)) if stored else {}
-        cfg.update(pretrained_cfg or {})
-        classes = self.session.get_outputs()[0].shape[1]
-        self.num_classes = int(cfg.get("num_classes") or (classes if isinstance(classes, int) else 0)) or None
-        self.id2label = {int(k): v for k, v in (cfg.get("id2label") or {}).items()}
-        self.pretrained_cfg = cfg
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
 
 
 def check_onnx_parity(

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from segret_zoo.data.classes import IMAGENET_MEAN, IMAGENET_STD, slide_stride
 from segret_zoo.data.images import ImageInput, ImageReadError, load_image, to_rgb_array
 from segret_zoo.data.transforms import align_size, rescale_size
-from segret_zoo.devices import resolve_dtype
+from segret_zoo.devices import cpu_bf16_supported, resolve_dtype
 from segret_zoo.inference.fold import fold_for_inference
 from segret_zoo.inference.postprocess import DEFAULT_TILE_BYTES, labels_from_views, vertical_weights
 from segret_zoo.models.segret import PRETRAINED_CFG_SCHEMA
@@ -211,6 +211,10 @@ class Segmenter:
         self.pretrained_cfg = cfg
         self.mode = mode
         self.dtype = resolve_dtype(dtype, self.device)
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu" and isinstance(model, torch.nn.Module) \
+                and any(True for _ in model.parameters()) and not cpu_bf16_supported():
+            warnings.warn("this CPU has no native bfloat16 (AVX512-BF16 or AMX): bf16 autocast is emulated here and "
+                          "runs several times slower than float32; prefer fp32 on it", RuntimeWarning, stacklevel=2)
         num_classes = getattr(model, "num_classes", None) or cfg.get("num_classes")
         if not num_classes:
             raise ValueError("the model has no num_classes (attribute or pretrained_cfg entry)")

@@ -7,7 +7,9 @@ instead, so no mask exists (``benchmarks/bench_levers.py``, ``attention``). It i
 version of its source with ``torch.utils.cpp_extension`` (about 10 s, saying so on stderr; cached in
 torch's extensions folder, ``TORCH_EXTENSIONS_DIR``, under a name keyed by the source, the flags and
 torch's version), checked against SDPA on a small problem, and used by
-:func:`segret_zoo.models.retention.manhattan_attention` for eager float32 CPU inference. Where it
+:func:`segret_zoo.models.retention.manhattan_attention` for eager CPU inference in float32, and in
+bfloat16 / float16 (autocast or a cast model), whose q, k and v it widens to float32 once per call
+(``bench_levers.py``, ``bf16``: no mask beats SDPA's reduced-precision flash kernel with one). Where it
 cannot be built (no C++ compiler or ninja, another OS, a torch without a BLAS ``sgemm``) retention
 stays on SDPA, after one warning; ``SEGRET_ZOO_CPU_KERNEL=0`` turns it off.
 """
@@ -55,8 +57,20 @@ def _self_test(op: Callable) -> Optional[str]:
     with torch.no_grad():
         got = op(q, k, v, bias_h, bias_w, 0.3)
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3)
+        # bfloat16: the same problem rounded to bf16 first, so only the output's rounding differs
+        args = [t.bfloat16() for t in (q, k, v, bias_h, bias_w)]
+        got_bf16 = op(*args, 0.3)
+        want_bf16 = F.scaled_dot_product_attention(
+            *(t.float() for t in args[:3]), attn_mask=(args[3].float()[:, :, None, :, None]
+                                                       + args[4].float()[:, None, :, None, :]).reshape(mask.shape),
+            scale=0.3)
     err = (got - want).abs().max().item()
-    return None if err <= 1e-5 else f"its self-test differs from SDPA by {err:.2e}"
+    if not err <= 1e-5:
+        return f"its self-test differs from SDPA by {err:.2e}"
+    err = (got_bf16.float() - want_bf16).abs().max().item()
+    if got_bf16.dtype != torch.bfloat16 or not err <= 1e-2:
+        return f"its bfloat16 self-test differs from SDPA by {err:.2e} (dtype {got_bf16.dtype})"
+    return None
 
 
 def _build() -> Callable:
@@ -119,8 +133,10 @@ def _load() -> None:
 def manhattan_kernel() -> Optional[Callable]:
     """The compiled op ``(q, k, v, bias_h, bias_w, scale) -> out``, or None where it is off or unavailable.
 
-    ``q, k, v``: ``B x N x HW x d`` float32 (unit last stride); ``bias_h``: ``N x H x H``; ``bias_w``:
-    ``N x W x W``. Forward only (no autograd). Built on the first call of a process, then cached.
+    ``q, k, v``: ``B x N x HW x d`` of one dtype, float32, bfloat16 or float16 (unit last stride; the
+    reduced ones are computed in float32 and returned in their dtype); ``bias_h``: ``N x H x H``;
+    ``bias_w``: ``N x W x W`` (float32, bfloat16 or float16). Forward only (no autograd). Built on the
+    first call of a process, then cached.
     """
     if not cpu_kernel_enabled():
         return None

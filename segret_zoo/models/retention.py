@@ -31,19 +31,22 @@ decomposed, compiled or exported         the same over (H, B)/(W, B)-major batch
 full, CUDA, eager (torch >= 2.5)         ``flex_attention`` (compiled once) with the decay as ``score_mod``,
                                          training and inference
 full, CUDA, inside ``torch.compile``     ``flex_attention`` traced by dynamo (no mask)
-full, CPU, eager, float32, no autograd   the compiled C++ kernel (:mod:`.cpu_kernel`, no mask): inference
-                                         (``predict``, ``eval``, ``Segmenter``); where it is off
+full, CPU, eager, no autograd,           the compiled C++ kernel (:mod:`.cpu_kernel`, no mask): inference
+float32, bf16 or fp16 (weights or        (``predict``, ``eval``, ``Segmenter``), bf16/fp16 widened to
+autocast)                                float32 once per call; where it is off
                                          (``SEGRET_ZOO_CPU_KERNEL=0``) or cannot be built, the next row
-full, eager, otherwise                   :func:`blocked_manhattan_attention`: CPU training, bf16/fp16
-                                         (weights or autocast), float64, the kernel off; CUDA with
-                                         torch < 2.5 (no flex). By the mask's size: the whole mask
-                                         (up to ``BIAS_TABLE_BYTES``), else row-shift table views
+full, eager, otherwise                   :func:`blocked_manhattan_attention`: CPU training, float64,
+                                         the kernel off; CUDA with torch < 2.5 (no flex). By the
+                                         mask's size: the whole mask (up to ``BIAS_TABLE_BYTES``),
+                                         else row-shift table views
                                          (float32: inputs above ~1 MP for stage 3 of rmt_t, ~3 MP for
                                          the last stage of every variant), else one query row at a
                                          time (one table row beyond the budget: above ~10 MP, stage 3
                                          of rmt_t)
-full, scripted / traced / exported;      one SDPA with the whole ``1 x N x L x L`` mask built from the
-compiled for CPU (or without flex)       1-D tables (a graph every backend takes)
+full, scripted / traced / exported;      :func:`graph_manhattan_attention`: one SDPA per group of heads
+compiled for CPU (or without flex)       (four groups), each group's bias built from its 1-D tables:
+                                         the form ONNX Runtime and OpenVINO fuse (ONNX's ``Attention``
+                                         op at opset 23), a quarter of the memory at a time
 =======================================  ==================================================================
 
 Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
@@ -59,9 +62,12 @@ Speed notes (CPU, measured in ``benchmarks/bench_rmt.py``):
   use the same formula written with real tensors;
 * the sin/cos tables span all heads (``C/2`` pairs, not ``head_dim/2``), so the elementwise
   kernels run over long contiguous rows instead of broadcasting over heads every 8-16 values;
-* full mode in eager float32 CPU inference: the compiled kernel of ``csrc/manhattan_attention.cpp``
+* full mode in eager CPU inference: the compiled kernel of ``csrc/manhattan_attention.cpp``
   (:mod:`.cpu_kernel`), which adds the decay from the 1-D tables inside its tiles, so no mask exists
-  (at 1024 x 2048, 0.84x the whole forward's time with SDPA and the tables below);
+  (at 1024 x 2048, 0.84x the whole forward's time with SDPA and the tables below). In bf16/fp16 it
+  widens q, k and v to float32 once per call: on a CPU without native bf16 matmul that ran stage 3's
+  attention at 512 x 512 in 0.79x the time of SDPA's bf16 flash kernel with the mask
+  (``bench_levers.py``, ``bf16``);
 * full mode on the CPU otherwise (:func:`blocked_manhattan_attention`): a stage builds its bias once for all
   its blocks, as the whole ``N x L x L`` mask while that is small, else as a row-shift table of
   ``N x rows x W x (2H-1) x W`` whose strided views are the bias of every block of ``rows`` query
@@ -83,7 +89,7 @@ from .cpu_kernel import manhattan_kernel
 
 __all__ = [
     "retention_positions", "head_decays", "rotate_every_two", "theta_shift", "manhattan_bias",
-    "manhattan_attention", "row_shift_table", "ManhattanSelfAttention",
+    "manhattan_attention", "graph_manhattan_attention", "row_shift_table", "ManhattanSelfAttention",
 ]
 
 # bytes a full-mode stage may hold for its bias: the whole N x HW x HW mask, or a row-shift table
@@ -96,6 +102,8 @@ QUERY_BLOCK = 1024
 # rmt_t at 512 x 512: 36 MiB), so inference at one size builds them once, not once per image
 KEEP_BIAS_BYTES = 64 << 20
 _flex_compiled = None
+# what the compiled CPU kernel takes: its products run in float32, bf16/fp16 inputs widened per call
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def head_decays(num_heads: int, init_value: float, heads_range: float, device: torch.device) -> torch.Tensor:
@@ -385,10 +393,13 @@ def _row_block_bias(table: torch.Tensor, r0: int, r1: int, height: int, width: i
 @torch.jit.unused
 def _cpu_kernel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
                           bias_w: torch.Tensor, scale: float) -> Optional[torch.Tensor]:
-    """Full mode through the compiled CPU kernel where it applies (float32 CPU inference: it has no
-    backward) and is built; None otherwise. Its one caller has already checked for an eager run."""
+    """Full mode through the compiled CPU kernel where it applies (CPU inference in float32, bfloat16
+    or float16: it has no backward) and is built; None otherwise. Its one caller has already checked
+    for an eager run."""
     tensors = (q, k, v, bias_h, bias_w)
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+    if any(t.device.type != "cpu" or t.dtype not in _KERNEL_DTYPES for t in tensors):
+        return None
+    if k.dtype != q.dtype or v.dtype != q.dtype:
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
@@ -442,15 +453,43 @@ def blocked_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return out.transpose(1, 2)
 
 
+def graph_manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
+                              bias_w: torch.Tensor, scale: float, groups: int = 4) -> torch.Tensor:
+    """Full-mode retention for graphs (ONNX, torch.export, TorchScript, torch.compile on the CPU), on
+    ``B x N x HW x d`` inputs: one SDPA per group of heads (``groups`` of them), each with its heads'
+    ``HW x HW`` bias built from their 1-D tables.
+
+    Why this form (``benchmarks/README.md``, "Deployed graphs"): the runtimes fuse SDPA (ONNX's
+    ``Attention`` from opset 23, or its MatMul-Add-Softmax-MatMul pattern) only with an additive
+    mask input; the two 1-D tables broadcast over a 6-D view of the scores instead is not fused by
+    OpenVINO with dynamic shapes and costs ONNX Runtime two extra passes over every score. In groups,
+    the bias and the scores a runtime materializes at a time are a fraction of all heads' (at stage 3
+    of a 1024 x 2048 input, 512 MiB each instead of 2 GiB), and a group's bias is the same expression
+    in every block of a stage, so the runtimes' common-subexpression elimination builds it once per
+    stage. Groups rather than single heads: the same memory bound within 25%, and a graph a quarter
+    the size to export.
+    """
+    heads = q.shape[1]
+    size = -(-heads // groups)
+    outs: List[torch.Tensor] = []
+    qs, ks, vs = q.split(size, 1), k.split(size, 1), v.split(size, 1)
+    bhs, bws = bias_h.split(size, 1), bias_w.split(size, 1)
+    for g in range(len(qs)):
+        outs.append(F.scaled_dot_product_attention(qs[g], ks[g], vs[g], attn_mask=manhattan_bias(bhs[g], bws[g]),
+                                                   scale=scale))
+    return torch.cat(outs, 1)
+
+
 @register_notrace_function
 def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_h: torch.Tensor,
                         bias_w: torch.Tensor, scale: float) -> torch.Tensor:
     """Full-mode retention ``softmax(q k^T * scale + manhattan_bias) v`` for ``B x N x HW x d`` inputs.
 
     On CUDA (eager or under ``torch.compile``): ``flex_attention`` with the decay as a ``score_mod``
-    (no mask at all), falling back to SDPA where flex is missing. Eager elsewhere: query blocks whose
-    bias is built from the 1-D tables (:func:`blocked_manhattan_attention`). Scripted, traced,
-    exported or compiled for CPU: one SDPA with the full mask, a graph every backend takes.
+    (no mask at all), falling back to SDPA where flex is missing. Eager elsewhere: the compiled CPU
+    kernel, else query blocks whose bias is built from the 1-D tables
+    (:func:`blocked_manhattan_attention`). Scripted, traced, exported or compiled for the CPU:
+    :func:`graph_manhattan_attention` (SDPA per group of heads: the form the runtimes fuse).
     """
     if _eager_only(q):
         if q.is_cuda and _flex_available():
@@ -462,7 +501,7 @@ def manhattan_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias_
     if not torch.jit.is_scripting():
         if _compiling_for_cuda(q):  # inside torch.compile: dynamo compiles flex itself
             return flex_manhattan_attention(q, k, v, bias_h, bias_w, scale, False)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=manhattan_bias(bias_h, bias_w), scale=scale)
+    return graph_manhattan_attention(q, k, v, bias_h, bias_w, scale)
 
 
 # a leaf for a plain torch.fx.symbolic_trace as well: the block loop runs over the traced sizes

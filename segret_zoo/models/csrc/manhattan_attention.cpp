@@ -7,8 +7,10 @@
 // never built nor read, which is what the decay costs SDPA's CPU kernel (an extra pass over every
 // score tile with a load from a mask of N x L x L floats).
 //
-// Built on first use by segret_zoo.models.cpu_kernel (torch.utils.cpp_extension), forward only,
-// float32. The two matrix products per tile go to the BLAS sgemm inside libtorch_cpu.
+// Built on first use by segret_zoo.models.cpu_kernel (torch.utils.cpp_extension), forward only. The
+// two matrix products per tile go to the BLAS sgemm inside libtorch_cpu, so they run in float32:
+// bfloat16 and float16 inputs (autocast, or a model cast to either) are widened once per call (q, k
+// and v are O(L d), the work is O(L^2 d)) and the result is rounded back to their dtype.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
@@ -61,16 +63,12 @@ float reduce_sum(const Vec& v) {
   return at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return x + y; }, v);
 }
 
-// q, k, v: B x N x L x d (any strides, unit last); bias_h: N x H x H; bias_w: N x W x W.
+// q, k, v: B x N x L x d float32 (any strides, unit last); bias_h: N x H x H; bias_w: N x W x W.
 // Returns B x N x L x d, stored token-major (B x L x N x d), as a transposed view.
-at::Tensor manhattan_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+at::Tensor attention_f32(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const at::Tensor& bias_h, const at::Tensor& bias_w, double scale) {
   TORCH_CHECK(q.dim() == 4 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
               "manhattan_attention: q, k and v must all be B x N x L x d");
-  for (const at::Tensor* t : {&q, &k, &v, &bias_h, &bias_w}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(),
-                "manhattan_attention: float32 CPU tensors only");
-  }
   TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
               "manhattan_attention: q, k and v need a unit last stride");
   const int64_t B = q.size(0), N = q.size(1), L = q.size(2), D = q.size(3);
@@ -177,6 +175,31 @@ at::Tensor manhattan_attention(const at::Tensor& q, const at::Tensor& k, const a
     }
   });
   return out.transpose(1, 2);
+}
+
+bool widened(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
+// The op: float32, or bfloat16 / float16 computed in float32 (see the top of this file).
+at::Tensor manhattan_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& bias_h, const at::Tensor& bias_w, double scale) {
+  const at::ScalarType dtype = q.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || widened(dtype),
+              "manhattan_attention: float32, bfloat16 or float16 inputs only, got ", dtype);
+  for (const at::Tensor* t : {&q, &k, &v, &bias_h, &bias_w}) {
+    TORCH_CHECK(t->device().is_cpu(), "manhattan_attention: CPU tensors only");
+  }
+  TORCH_CHECK(k.scalar_type() == dtype && v.scalar_type() == dtype,
+              "manhattan_attention: q, k and v must have one dtype");
+  for (const at::Tensor* t : {&bias_h, &bias_w}) {
+    TORCH_CHECK(t->scalar_type() == at::kFloat || widened(t->scalar_type()),
+                "manhattan_attention: the decay tables must be float32, bfloat16 or float16");
+  }
+  const at::Tensor bh = bias_h.to(at::kFloat), bw = bias_w.to(at::kFloat);
+  if (dtype == at::kFloat) return attention_f32(q, k, v, bh, bw, scale);
+  // B x N x L x d views of token-major float32 copies (unit last stride, as the kernel needs)
+  auto widen = [](const at::Tensor& t) { return t.transpose(1, 2).to(at::kFloat).transpose(1, 2); };
+  const at::Tensor out = attention_f32(widen(q), widen(k), widen(v), bh, bw, scale);
+  return out.transpose(1, 2).to(dtype).transpose(1, 2);  // token-major, like the float32 result
 }
 
 }  // namespace
