@@ -14,6 +14,7 @@ and :func:`prepare_output_dir` turns an ``--out`` that cannot be used into one c
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from segret_zoo.errors import DiskFullError, FolderInUseError, OutputPathError
 
@@ -73,26 +74,32 @@ def _disk_full(path: Path, err: OSError) -> DiskFullError:
                                     f"file there is unchanged. Free some space or write to another folder")
 
 
-def _stage(path: Path, write: Writer) -> Path:
-    """Write to a hidden temporary name beside ``path`` and fsync it; returns the temporary path."""
+@contextlib.contextmanager
+def _staged(path: Path, write: Writer) -> Iterator[Path]:
+    """Write to a hidden temporary name beside ``path``, fsync it and yield that name for the rename.
+
+    The temporary is ``flock``-ed until the block ends (after the rename): a writer killed meanwhile
+    leaves an unlocked file that :func:`clean_stale_temporaries` removes, while a live writer's is
+    left alone. Whatever is still under the temporary name when the block ends is deleted.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
-        write(tmp_path)
-        os.chmod(tmp_path, file_mode())  # after: a writer may have re-created the file (safetensors: 0600)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-    except OSError as err:
+        _try_lock(fd)
+        try:
+            write(tmp_path)
+            os.chmod(tmp_path, file_mode())  # after: a writer may have re-created the file (safetensors: 0600)
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as err:
+            if err.errno in _NO_SPACE and not isinstance(err, DiskFullError):
+                raise _disk_full(path, err) from err
+            raise
+        yield tmp_path
+    finally:
         tmp_path.unlink(missing_ok=True)
-        if err.errno in _NO_SPACE and not isinstance(err, DiskFullError):
-            raise _disk_full(path, err) from err
-        raise
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    return tmp_path
+        os.close(fd)  # releases the lock
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -112,12 +119,8 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_write(path: PathLike, write: Writer) -> Path:
     """Call ``write(temporary_path)``, then rename the finished file over ``path``."""
     path = Path(path)
-    tmp = _stage(path, write)
-    try:
+    with _staged(path, write) as tmp:
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     _fsync_dir(path.parent)
     return path
 
@@ -140,16 +143,10 @@ def write_files_atomic(folder: PathLike, writers: Sequence[Tuple[str, Writer]]) 
     a crash while writing leaves the previous files untouched and no partial file behind.
     """
     folder = Path(folder)
-    staged: List[Tuple[Path, Path]] = []
-    try:
-        for name, write in writers:
-            staged.append((_stage(folder / name, write), folder / name))
+    with contextlib.ExitStack() as stack:
+        staged = [(stack.enter_context(_staged(folder / name, write)), folder / name) for name, write in writers]
         for tmp, final in staged:
             os.replace(tmp, final)
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
     _fsync_dir(folder)
     return [final for _, final in staged]
 
@@ -181,16 +178,17 @@ def prepare_output_dir(path: PathLike, option: str = "--out") -> Path:
 
 
 def clean_stale_temporaries(folder: PathLike) -> List[Path]:
-    """Remove the hidden temporaries (``.NAME.XXXX.tmp``) a killed writer left in ``folder``.
+    """Remove the hidden temporaries (``.NAME.XXXX.tmp``) killed writers left in ``folder``; returns them.
 
-    Only call it where no other process is writing (a run folder at start-up); returns what was removed.
+    A temporary a live writer holds (its ``flock``, taken by :func:`_staged`) is left alone, so this is
+    safe while other processes write into the same folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for p in folder.iterdir():
-        if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX) and p.is_file():
+        if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX) and p.is_file() and _abandoned(p):
             try:
                 p.unlink()
                 removed.append(p)

@@ -237,6 +237,28 @@ def test_resume_auto_takes_the_data_from_the_run_folder(tmp_path, model_dir, dat
     assert "--data is required" in one_error_line(capsys.readouterr().err)
 
 
+def test_resuming_a_checkpoint_with_other_optimizer_groups_is_one_line(tmp_path, model_dir, data_dir, capsys):
+    """A checkpoint whose optimizer state has other parameter groups (what an earlier segret-zoo wrote:
+    one group for everything) is refused in one line naming the groups and --init-from, not with the
+    optimizer's ValueError. The file is rewritten for real, as the earlier version saved it."""
+    from segret_zoo.train.checkpoint import find_last
+
+    out = tmp_path / "run"
+    argv = _train_argv(model_dir, data_dir, out, "--iters", "2", "--ckpt-interval", "1", "--eval-interval", "5")
+    assert main(argv) == 0
+    last = find_last(out)
+    state = torch.load(last, weights_only=False)
+    groups = state["optimizer"]["param_groups"]
+    merged = dict(groups[0], params=[i for g in groups for i in g["params"]])
+    state["optimizer"]["param_groups"] = [merged]
+    torch.save(state, last)
+    capsys.readouterr()
+    assert main(argv + ["--resume", "auto"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{last} was written with 1 optimizer parameter groups" in line and f"--init-from {last}" in line, line
+    assert len(groups) > 1
+
+
 # ------------------------------------------------------------------------------ group 1: arguments
 _HOSTILE_CLI = r'''
 import contextlib, io, json, resource, sys
@@ -492,6 +514,76 @@ def test_predict_killed_while_writing_leaves_no_truncated_output(tmp_path):
         else:
             json.loads(p.read_text())
         assert p.stat().st_mode & 0o777 == 0o644, p
+    # the next predict into the same --out removes what the killed one left unfinished, and says so
+    hidden = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert hidden, "the kill left no unfinished temporary: the clean-up below would be vacuous"
+    (tmp_path / "again").mkdir()
+    _noise_png(tmp_path / "again" / "b.png", 40, 40)
+    err = subprocess.run([sys.executable, "-m", "segret_zoo", "predict", str(tmp_path / "again"), "--model",
+                          str(tmp_path / "m"), "--out", str(out), "--quiet"], env=child_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert err.returncode == 0, err.stderr[-2000:]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporaries left behind"
+    for name in hidden:
+        assert f"removed {name}, left by a predict that was killed" in err.stderr, err.stderr
+
+
+_HOLD_A_WRITE = r'''
+import sys
+from pathlib import Path
+from segret_zoo.files import atomic_write
+
+def write(tmp):
+    Path(tmp).write_text("half")
+    print("writing", flush=True)
+    sys.stdin.readline()  # stays in the middle of its write until told (or killed)
+
+atomic_write(Path(sys.argv[1]) / "live.json", write)
+'''
+
+
+def test_clean_up_removes_killed_writers_temporaries_and_leaves_live_ones(tmp_path):
+    """Two real writers: one killed mid-write (its temporary is removed), one alive mid-write (its
+    temporary is left alone, then renamed when it finishes)."""
+    from segret_zoo.files import clean_stale_temporaries
+
+    script = tmp_path / "hold.py"
+    script.write_text(_HOLD_A_WRITE)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    writers = [subprocess.Popen([sys.executable, str(script), str(folder)], env=child_env(), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for w in writers:
+            assert w.stdout.readline().strip() == "writing"
+        temporaries = sorted(p.name for p in folder.iterdir())
+        assert len(temporaries) == 2 and all(n.startswith(".live.json.") for n in temporaries), temporaries
+        killed, alive = writers
+        killed.kill()
+        killed.wait()
+        removed = [p.name for p in clean_stale_temporaries(folder)]
+        assert len(removed) == 1 and removed[0] in temporaries
+        left = [p.name for p in folder.iterdir()]
+        assert len(left) == 1 and left[0] in temporaries and left[0] != removed[0]  # the live one
+        alive.stdin.write("\n")
+        alive.stdin.flush()
+        assert alive.wait(timeout=60) == 0
+        assert [p.name for p in folder.iterdir()] == ["live.json"]
+        assert (folder / "live.json").read_text() == "half"
+    finally:
+        for w in writers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+
+
+def test_predict_with_a_wrong_model_leaves_no_empty_out(tmp_path, capsys):
+    img = tmp_path / "a.png"
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(img)
+    out = tmp_path / "new" / "out"
+    assert main(["predict", str(img), "--model", str(tmp_path / "no-such-model"), "--out", str(out)]) == 2
+    assert "no-such-model" in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
 
 
 def test_an_image_above_the_bomb_threshold_is_one_note_line(tmp_path, model_dir, monkeypatch, capfd):

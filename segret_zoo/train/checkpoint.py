@@ -167,6 +167,24 @@ def _fit_report(path: str, module: torch.nn.Module, weights: Dict[str, Any]) -> 
             "pass the --model and --num-classes of that run")
 
 
+def _groups_report(path: str, optimizer: torch.optim.Optimizer, saved: Dict[str, Any]) -> Optional[str]:
+    """None when the saved optimizer state has this run's parameter groups (count and sizes), else one
+    line: the groups come from the recipe's group style and the code's grouping rules, which differ
+    between recipes and between segret-zoo versions."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list):
+        return f"{path} holds no optimizer state segret-zoo can read; start a new schedule from its weights " \
+               f"with --init-from {path} and another --out"
+    had = [len(g.get("params", ())) for g in groups]
+    has = [len(g["params"]) for g in optimizer.param_groups]
+    if had == has:
+        return None
+    return (f"{path} was written with {len(had)} optimizer parameter groups of {had} parameters, this run builds "
+            f"{len(has)} of {has} (another recipe's group style, or an earlier segret-zoo version): resume it "
+            f"with the recipe and version that wrote it, or start a new schedule from its weights with "
+            f"--init-from {path} and another --out")
+
+
 def apply_checkpoint(state: Dict[str, Any], model: Optional[torch.nn.Module] = None,
                      optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Optional[Any] = None,
                      scaler: Optional[Any] = None, *, rank: int = 0, restore_rng: bool = True) -> None:
@@ -179,6 +197,9 @@ def apply_checkpoint(state: Dict[str, Any], model: Optional[torch.nn.Module] = N
             raise CheckpointError(problem)
         module.load_state_dict(state["model"])
     if optimizer is not None and state.get("optimizer") is not None:
+        problem = _groups_report(str(state.get("path", "checkpoint")), optimizer, state["optimizer"])
+        if problem:
+            raise CheckpointError(problem)
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
