@@ -199,7 +199,7 @@ def run_demo(
     iters = demo_iterations(settings)
     log(f"[demo] training segret_tiny from scratch on the CPU ({threads} threads, {amp} autocast): "
         f"{step_s:.2f} s/step measured, "
-        f"{iters} iterations of {bs} in about {train_budget:.0f} s")
+        f"{iters} iterations of {bs}, about {iters * step_s:.0f} s (stopped at {train_budget:.0f} s at the latest)")
     cfg = TrainConfig(
         model="segret_tiny", model_kwargs=model_kwargs, num_classes=num_classes, id2label=id2label,
         train_dataset=train_ds, val_dataset=val_ds, iters=iters, batch_size=bs, lr=float(settings["lr"]),
