@@ -206,8 +206,9 @@ class Spec:
         return True
 
     def problem(self, value: Any, path: str, json_style: bool) -> Optional[str]:
-        """One line saying what is wrong with ``value`` at ``path``, or None."""
-        return None
+        """One line saying what is wrong with ``value`` at ``path``, or None (here: any value of the
+        spec's kind is fine; specs with limits or contents to check override it)."""
+        return None if self.fits_kind(value) else self._bad(value, path, json_style)
 
     def _bad(self, value: Any, path: str, json_style: bool, note: str = "") -> str:
         kind = "" if self.fits_kind(value) else f" ({kind_of(value)})"
@@ -252,9 +253,6 @@ class Bool(Spec):
 
     def fits_kind(self, value: Any) -> bool:
         return isinstance(value, bool)
-
-    def problem(self, value: Any, path: str, json_style: bool) -> Optional[str]:
-        return None if isinstance(value, bool) else self._bad(value, path, json_style)
 
 
 class Text(Spec):
@@ -352,9 +350,6 @@ class AnyObject(Spec):
 
     def fits_kind(self, value: Any) -> bool:
         return isinstance(value, Mapping)
-
-    def problem(self, value: Any, path: str, json_style: bool) -> Optional[str]:
-        return None if isinstance(value, Mapping) else self._bad(value, path, json_style)
 
 
 class Labels(Spec):

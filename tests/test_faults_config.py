@@ -10,7 +10,6 @@ processes with an unreachable Hub endpoint for the advice lines. Models are tiny
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -24,24 +23,12 @@ from PIL import Image
 from segret_zoo.cli import main
 from segret_zoo.errors import CheckpointError, OptionError
 from segret_zoo.factory import create_model, from_pretrained, load_model
+from tests.fault_helpers import child_env, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
 SMALL = dict(backbone=MINI, decoder_channels=16)
 FIX = "correct it in the file or re-create the folder with save_pretrained"
-
-
-def child_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "SEGRET_ZOO_", "TRANSFORMERS_"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    env.update(extra)
-    return env
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def tiny(num_classes: int = 3, seed: int = 0):

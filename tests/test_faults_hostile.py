@@ -23,22 +23,10 @@ import torch
 from PIL import Image
 
 from segret_zoo.cli import main
+from tests.fault_helpers import child_env, one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4))
-
-
-def child_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
-    env.update(extra)
-    return env
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def tiny_model(num_classes: int = 3, **kw):

@@ -34,6 +34,7 @@ from segret_zoo.errors import (
 )
 from segret_zoo.train.checkpoint import find_last, list_checkpoints, load_checkpoint, save_checkpoint
 from segret_zoo.train.engine import TrainConfig, resolve_config, train
+from tests.fault_helpers import child_env, one_error_line
 from tests.tiny_data import TensorSet
 from tests.tiny_data import make_folder_dataset as _make_folder_dataset
 
@@ -61,13 +62,6 @@ def train_argv(model_dir: Path, data: Path, out: Path, *extra: str) -> list:
     return ["train", "--model", str(model_dir), "--data", f"folder:{data}", "--batch-size", "2",
             "--crop", "32", "32", "--scale", "40", "32", "--warmup-iters", "1", "--lr", "1e-3",
             "--log-interval", "1", "--out", str(out), "--no-progress", *extra]
-
-
-def child_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
-    return env
 
 
 def weights(run: Path) -> dict:
@@ -100,12 +94,6 @@ def tmpfs(path: Path, size: str, readonly: bool = False):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------ recipes

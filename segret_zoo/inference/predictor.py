@@ -233,15 +233,11 @@ class Segmenter:
         if size_divisor is None:
             size_divisor = cfg.get("test_size_divisor")
         self.size_divisor: Optional[int] = None if size_divisor in (None, False, 0) else int(size_divisor)
-        if self.size_divisor is not None and self.size_divisor < 1:
-            raise ValueError(f"size_divisor must be a positive integer, got {size_divisor!r}")
         self.crop_size = _pair(crop_size if crop_size is not None else cfg.get("crop_size", (512, 512)),
                                "crop_size")
         if stride is None:
             stride = cfg.get("stride") or slide_stride(self.crop_size)
-        self.stride = _pair(stride, "stride")
-        if min(self.crop_size) < 1 or min(self.stride) < 1:
-            raise ValueError(f"crop_size and stride must be positive, got {self.crop_size}, {self.stride}")
+        self.stride = _pair(stride, "stride")  # sizes and divisor within limits: _check_protocol
 
         self.scales: Tuple[float, ...] = tuple(
             check_float(s, f"Segmenter: scales[{i}]", maximum=8.0, above=0.0, hint="ratios of the test scale")
