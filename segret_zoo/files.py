@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Uni
 from segret_zoo.errors import DiskFullError, FolderInUseError, OutputPathError
 
 __all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "write_files_atomic", "write_folder_atomic",
-           "TMP_SUFFIX", "prepare_output_dir", "clean_stale_temporaries", "file_mode", "dir_mode", "FolderLock", "LOCK_NAME"]
+           "TMP_SUFFIX", "prepare_output_dir", "missing_folders", "remove_empty_folders", "clean_stale_temporaries", "file_mode", "dir_mode", "FolderLock", "LOCK_NAME"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Writer = Callable[[Path], None]  # writes the complete file at the path it is given
@@ -149,6 +149,23 @@ def write_files_atomic(folder: PathLike, writers: Sequence[Tuple[str, Writer]]) 
             os.replace(tmp, final)
     _fsync_dir(folder)
     return [final for _, final in staged]
+
+
+def missing_folders(path: PathLike) -> List[Path]:
+    """The folders of ``path`` (itself included) that do not exist yet, deepest first: what creating it
+    adds, and so what :func:`remove_empty_folders` takes away if the work never starts."""
+    folder = Path(path).expanduser()
+    return [p for p in [folder, *folder.parents] if not p.exists()]
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (deepest first, as :func:`missing_folders` lists them) while they are empty:
+    the first one that holds something, or cannot be removed, ends it, so nothing of anyone's is lost."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def prepare_output_dir(path: PathLike, option: str = "--out") -> Path:

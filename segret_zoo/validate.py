@@ -22,7 +22,7 @@ import math
 import numbers
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Type
 
-from segret_zoo.errors import OptionError
+from segret_zoo.errors import CheckpointError, OptionError
 
 __all__ = [
     "MAX_NUM_CLASSES", "MAX_IMAGE_SIDE", "MIN_IMAGE_SIDE", "int_problem", "float_problem", "check_int",
@@ -482,3 +482,12 @@ def weights_problem(expected: Mapping[str, Any], given: Mapping[str, Any], limit
         return (f"{len(bad)} of its {len(floating)} floating-point weights hold NaN or infinite values: {shown}"
                 f"{more}; the weights are unusable (a training run that diverged, or a damaged file)")
     return None
+
+
+def check_weights(expected: Mapping[str, Any], given: Mapping[str, Any], source: str,
+                  fix: str = "use another checkpoint, or re-download or re-create this one") -> None:
+    """Raise :class:`CheckpointError` naming ``source``, the problem and ``fix`` when
+    :func:`weights_problem` finds one: the one wording for every loader (timm's and the Hub's)."""
+    problem = weights_problem(expected, given)
+    if problem:
+        raise CheckpointError(f"{source} cannot be loaded: {problem}. {fix[:1].upper()}{fix[1:]}")

@@ -565,13 +565,24 @@ def test_clean_up_removes_killed_writers_temporaries_and_leaves_live_ones(tmp_pa
                 w.wait()
 
 
-def test_predict_with_a_wrong_model_leaves_no_empty_out(tmp_path, capsys):
+def test_predict_with_a_wrong_model_leaves_no_folder_it_made(tmp_path, capsys):
+    """Every folder predict created for --out goes again (not only the last), and none that was there,
+    or that has something in it by then, is touched."""
     img = tmp_path / "a.png"
     Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(img)
-    out = tmp_path / "new" / "out"
+    out = tmp_path / "new" / "deeper" / "out"
     assert main(["predict", str(img), "--model", str(tmp_path / "no-such-model"), "--out", str(out)]) == 2
     assert "no-such-model" in one_error_line(capsys.readouterr().err)
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "note.txt").write_text("mine")
+    assert main(["predict", str(img), "--model", str(tmp_path / "no-such-model"), "--out",
+                 str(kept / "a" / "out")]) == 2
+    capsys.readouterr()
+    assert sorted(p.name for p in kept.iterdir()) == ["note.txt"]
 
 
 def test_an_image_above_the_bomb_threshold_is_one_note_line(tmp_path, model_dir, monkeypatch, capfd):

@@ -8,7 +8,6 @@ image failed. Per image it writes ``<stem>_labels.png`` (palette mode: pixel val
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +20,14 @@ from segret_zoo.data.images import LargeImageWarning, load_image
 from segret_zoo.devices import resolve_device, resolve_dtype
 from segret_zoo.errors import ImageReadError, UserError
 from segret_zoo.factory import load_model
-from segret_zoo.files import atomic_write, clean_stale_temporaries, prepare_output_dir, write_json_atomic
+from segret_zoo.files import (
+    atomic_write,
+    clean_stale_temporaries,
+    missing_folders,
+    prepare_output_dir,
+    remove_empty_folders,
+    write_json_atomic,
+)
 from segret_zoo.inference.export import DEFAULT_OPSET, default_opset, export_onnx, opset_problem, require_onnx
 from segret_zoo.inference.predictor import Segmenter
 from segret_zoo.inference.runtimes import RUNTIMES, load_exported
@@ -104,7 +110,7 @@ def run_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     out_dir = Path(args.out)
-    created = not out_dir.exists()
+    created = missing_folders(out_dir)
     prepare_output_dir(out_dir)  # one line now if it cannot be created, not a traceback later
     for stale in clean_stale_temporaries(out_dir):  # a killed predict's unfinished outputs (live writers' stay)
         print(f"segret-zoo predict: note: removed {stale.name}, left by a predict that was killed", file=sys.stderr)
@@ -115,9 +121,7 @@ def run_predict(args: argparse.Namespace) -> int:
     try:
         model = _predict_model(args, dtype)
     except BaseException:
-        if created:  # a wrong --model leaves no empty --out behind
-            with contextlib.suppress(OSError):
-                out_dir.rmdir()
+        remove_empty_folders(created)  # a wrong --model leaves none of the folders it made for --out
         raise
     if args.runtime != "torch":
         device, dtype = None, None  # the runtime runs on the CPU in the precision it was given

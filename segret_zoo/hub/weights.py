@@ -25,7 +25,7 @@ from torch import nn
 
 from segret_zoo.errors import CheckpointError, WeightsNotFoundError
 from segret_zoo.hub.download import TORCH_SUFFIXES
-from segret_zoo.validate import kind_of, show, weights_problem
+from segret_zoo.validate import check_weights, kind_of, show
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -308,10 +308,8 @@ def _model_label(model: nn.Module) -> str:
 
 
 def _check_values(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str) -> None:
-    problem = weights_problem(own, state)
-    if problem:
-        raise CheckpointError(f"{source} cannot be loaded: {problem}. Use another checkpoint (an earlier one of the "
-                              "run), or re-download or re-create this one")
+    check_weights(own, state, source, "use another checkpoint (an earlier one of the run), or re-download or "
+                                      "re-create this one")
 
 
 def match_state_dict(

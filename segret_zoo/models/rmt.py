@@ -26,7 +26,7 @@ from torch import nn
 from segret_zoo.errors import CheckpointError, WeightsNotFoundError
 from segret_zoo.models.retention import ManhattanSelfAttention, head_decays, retention_positions
 from segret_zoo.settings import DEFAULT_HF_ORG
-from segret_zoo.validate import weights_problem
+from segret_zoo.validate import check_weights
 
 __all__ = ["RMT", "RMT_CONFIGS", "checkpoint_filter_fn", "remap_official_state_dict", "infer_rmt_variant",
            "rmt_checkpoint_layouts", "as_rmt_state"]
@@ -771,11 +771,9 @@ def _create_rmt(variant: str, pretrained: bool = False, **kwargs: Any) -> RMT:
     def filter_fn(state_dict: Mapping[str, Any], model: RMT) -> Dict[str, torch.Tensor]:
         state_dict = checkpoint_filter_fn(state_dict, model)
         variants.append((infer_rmt_variant(state_dict), describe_model(model)))
-        problem = weights_problem(model.state_dict(), state_dict)
-        if problem:  # timm would load it as it is
-            where = (kwargs.get("pretrained_cfg_overlay") or {}).get("file") or f"the pretrained weights of {variant}"
-            raise CheckpointError(f"{where} cannot be loaded: {problem}. Use another checkpoint, or re-download "
-                                  "or re-convert this one")
+        where = (kwargs.get("pretrained_cfg_overlay") or {}).get("file") or f"the pretrained weights of {variant}"
+        check_weights(model.state_dict(), state_dict, where,  # timm would load them as they are
+                      "use another checkpoint, or re-download or re-convert this one")
         return state_dict
 
     try:
