@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Uni
 from segret_zoo.errors import DiskFullError, FolderInUseError, OutputPathError
 
 __all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "write_files_atomic", "write_folder_atomic",
-           "TMP_SUFFIX", "prepare_output_dir", "missing_folders", "remove_empty_folders", "clean_stale_temporaries", "file_mode", "dir_mode", "FolderLock", "LOCK_NAME"]
+           "TMP_SUFFIX", "prepare_output_dir", "missing_folders", "remove_empty_folders", "clean_stale_temporaries",
+           "file_mode", "dir_mode", "FolderLock", "LOCK_NAME"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Writer = Callable[[Path], None]  # writes the complete file at the path it is given

@@ -13,7 +13,8 @@ Structures (config.json, a constructor's keyword arguments) are described by a s
 schema (:class:`Fields`, :class:`Items`, :class:`Int`, ...) that its owner declares next to the code
 that reads it (SegRet's in ``models/segret.py``) and :func:`check_schema` walks: one line per
 violation, ``"<file>: backbone.embed_dims[0] is -16, expected an integer from 1 to 2048"``.
-:func:`weights_problem` is the check every loader applies to a checkpoint's values.
+:func:`check_weights` (through :func:`weights_problem`) is the check every loader applies to a
+checkpoint's values.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from segret_zoo.errors import CheckpointError, OptionError
 __all__ = [
     "MAX_NUM_CLASSES", "MAX_IMAGE_SIDE", "MIN_IMAGE_SIDE", "int_problem", "float_problem", "check_int",
     "check_float", "check_num_classes", "check_size_pair", "Spec", "Int", "Number", "Bool", "Text", "Nullable",
-    "Either", "Items", "AnyObject", "Labels", "Fields", "Rule", "label_id", "show", "kind_of", "schema_problem", "check_schema", "weights_problem",
+    "Either", "Items", "AnyObject", "Labels", "Fields", "Rule", "label_id", "show", "kind_of", "schema_problem",
+    "check_schema", "weights_problem", "check_weights",
 ]
 
 #: label ids are written as 8-bit palette or 16-bit PNGs, so at most 65536 classes can be stored

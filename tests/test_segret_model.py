@@ -167,6 +167,17 @@ def test_config_round_trip_rebuilds_same_architecture():
     assert SegRet.from_config(rotary.config).encoder.stages[0].blocks[0].attn.rotary
 
 
+def test_a_numpy_class_count_is_stored_as_a_plain_int_everywhere():
+    """An integer from numpy (a count computed from a label array) is accepted, and the model, its config
+    and its pretrained_cfg all hold the same plain int, so they compare and serialise alike."""
+    import numpy as np
+
+    model = SegRet(TINY_BACKBONE, num_classes=np.int64(5), decoder_channels=32)
+    for value in (model.num_classes, model.config["num_classes"], model.pretrained_cfg["num_classes"]):
+        assert type(value) is int and value == 5
+    assert sorted(model.id2label) == [0, 1, 2, 3, 4]
+
+
 def test_reset_classifier_and_bad_arguments(tiny_segret):
     tiny_segret.reset_classifier(3, {0: "a", 1: "b", 2: "c"})
     assert tiny_segret.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)

@@ -86,7 +86,7 @@ def _int_keys(mapping: Optional[Dict[Any, Any]]) -> Optional[Dict[Any, Any]]:
     schema to name (a bare ``int("a")`` would say nothing of where it came from)."""
     if mapping is None:
         return None
-    return {(k if label_id(k) is None else label_id(k)): v for k, v in mapping.items()}
+    return {(k if (i := label_id(k)) is None else i): v for k, v in mapping.items()}
 
 
 def _write_text(text: str) -> Callable[[Path], None]:

@@ -329,7 +329,7 @@ def match_state_dict(
     initialisation, which leaves the ImageNet head behind). Every other difference is an error
     listing missing, unexpected and mismatched keys, so a wrong checkpoint is never half-loaded.
     What is loaded must hold floating-point, finite values where the model has floating-point
-    weights (:func:`segret_zoo.validate.weights_problem`).
+    weights (:func:`segret_zoo.validate.check_weights`).
     """
     own = model.state_dict()
     given = state = dict(state_dict)

@@ -426,7 +426,7 @@ class SegRet(HubMixin, nn.Module):
         self.backbone_kwargs = {**SEGRET_ENCODER_ARGS, **dict(backbone_kwargs or {})}
         self.num_classes = int(num_classes)
         self.freeze_backbone_bn = freeze_backbone_bn
-        self.id2label = self._check_labels(id2label, num_classes)
+        self.id2label = self._check_labels(id2label, self.num_classes)
         self._init_args = dict(decoder_channels=int(decoder_channels), decoder_dropout=float(decoder_dropout),
                                drop_path_rate=float(drop_path_rate))
         self.architecture = architecture
@@ -437,9 +437,9 @@ class SegRet(HubMixin, nn.Module):
         self.encoder = encoder
         self.decoder: nn.Module = ZIRDecoder(encoder.embed_dims, self._init_args["decoder_channels"], self.num_classes,
                                              self._init_args["decoder_dropout"], **dd)
-        cfg = default_pretrained_cfg(architecture, None, num_classes, self.id2label)
+        cfg = default_pretrained_cfg(architecture, None, self.num_classes, self.id2label)
         cfg.update(pretrained_cfg or {})
-        cfg["num_classes"], cfg["id2label"] = num_classes, self.id2label
+        cfg["num_classes"], cfg["id2label"] = self.num_classes, self.id2label
         self.pretrained_cfg = cfg
         self.train()
 
